@@ -1,0 +1,1 @@
+"""bench: a benchmark harness for multi-label learning."""

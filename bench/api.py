@@ -1,0 +1,87 @@
+"""The two plug-in base classes: :class:`Method` and :class:`Dataset`.
+
+A method file in ``methods/`` defines one subclass of :class:`Method`; a dataset file in
+``datasets/`` defines one or more subclasses of :class:`Dataset` (one per dataset of the family).
+Both follow scikit-learn's estimator habits: the constructor only stores its arguments (whose
+defaults are the paper's values), ``get_params``/``set_params`` come from
+:class:`sklearn.base.BaseEstimator`, and a fitted method keeps its learned state in attributes
+ending with ``_``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from sklearn.base import BaseEstimator
+
+from bench.data import FEATURES, MultiLabelData
+from bench.errors import BenchError
+
+#: Constructor arguments that choose *where* a method runs, not *what* it computes; they are
+#: left out of a job's identity so that a result obtained on a GPU is reused on a CPU.
+EXECUTION_PARAMS = frozenset({"device", "num_workers", "verbose"})
+
+
+class Method(BaseEstimator):
+    """A multi-label learner.
+
+    Subclasses set ``name`` (the CLI name), ``accepts`` (the view kinds they can learn from:
+    ``"features"`` and/or ``"image"``) and ``citation``, and implement :meth:`fit` and
+    :meth:`predict_scores`. :meth:`predict` thresholds the scores at ``threshold``; a method whose
+    paper decides label sets differently (beam search, a learned stop) overrides it.
+
+    Optional conventions the harness uses when present:
+
+    * a ``random_state`` constructor argument is set to the job's seed;
+    * a ``device`` constructor argument is set to the worker's device (``"cpu"``, ``"cuda:0"``);
+    * ``history_``: a list of per-epoch dicts (``{"epoch": 3, "loss": ...}``) for convergence plots.
+    """
+
+    name: ClassVar[str] = ""
+    accepts: ClassVar[frozenset[str]] = frozenset({FEATURES})
+    citation: ClassVar[str] = ""
+    threshold: ClassVar[float] = 0.5
+
+    def fit(self, train: MultiLabelData, val: MultiLabelData | None = None) -> Method:
+        raise NotImplementedError
+
+    def predict_scores(self, data: MultiLabelData) -> np.ndarray:
+        """Per-label confidences in [0, 1], float array [n, L]."""
+        raise NotImplementedError
+
+    def predict(self, data: MultiLabelData) -> np.ndarray:
+        """The predicted label sets, {0,1} array [n, L]."""
+        return (self.predict_scores(data) >= self.threshold).astype(np.uint8)
+
+    @classmethod
+    def check_compatible(cls, data: MultiLabelData) -> None:
+        """Raise a one-line error when this method cannot learn from the dataset's views."""
+        if not cls.accepts & data.view_kinds:
+            raise BenchError(
+                f"method {cls.name!r} needs a view of kind {' or '.join(sorted(cls.accepts))}; "
+                f"dataset {data.name!r} has kind(s) {', '.join(sorted(data.view_kinds))}"
+            )
+
+
+class Dataset:
+    """A dataset plug-in: knows where its files live and how to read them.
+
+    Subclasses set ``name``, ``protocol`` (``"kfold"``, ``"official"`` or ``"holdout"``, the
+    papers' protocol for this dataset), ``citation`` and ``description``, and implement
+    :meth:`load`. Datasets whose files must be provided by the user override :meth:`is_available`.
+    """
+
+    name: ClassVar[str] = ""
+    protocol: ClassVar[str] = "kfold"
+    citation: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: True for datasets built from data a dependency ships (always available offline).
+    embedded: ClassVar[bool] = False
+
+    def load(self, data_root: Path) -> MultiLabelData:
+        raise NotImplementedError
+
+    def is_available(self, data_root: Path) -> bool:
+        return self.embedded

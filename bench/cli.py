@@ -1,0 +1,168 @@
+"""``bench``: list plug-ins, run benchmark jobs, regenerate tables.
+
+Every user error is printed as one line, ``bench: error: ...``, with exit status 2; a run in which
+some jobs failed finishes the others, stores them, lists the failures and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from bench import plugins
+from bench.errors import BenchError
+
+DEFAULT_DATASET = "mnist-mosaic"
+log = logging.getLogger("bench")
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get("BENCH_DATA_ROOT") or plugins.project_root() / "data")
+
+
+def default_results() -> Path:
+    return Path(os.environ.get("BENCH_RESULTS") or plugins.project_root() / "results")
+
+
+def default_reports() -> Path:
+    return Path(os.environ.get("BENCH_REPORTS") or plugins.project_root() / "reports")
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds expects comma-separated integers, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench", description="Benchmark multi-label learning methods on the papers' datasets and protocols.")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="results store folder (default: $BENCH_RESULTS or ./results)")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="where dataset files live (default: $BENCH_DATA_ROOT or ./data)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="show methods and datasets", description="Show the method and dataset plug-ins.")
+
+    run = sub.add_parser("run", help="train and evaluate methods on datasets",
+                         description="Run every (method, dataset, fold/seed) job not already in the store.")
+    run.add_argument("--method", required=True, help="method name(s), comma-separated, or 'all'")
+    run.add_argument("--dataset", default=DEFAULT_DATASET,
+                     help=f"dataset name(s), comma-separated, or 'all' (default: {DEFAULT_DATASET})")
+    run.add_argument("--protocol", choices=["kfold", "official", "holdout"], default=None,
+                     help="evaluation protocol (default: the one the papers used for the dataset)")
+    run.add_argument("--folds", type=int, default=10, help="folds for --protocol kfold (default: 10)")
+    run.add_argument("--seeds", type=_seeds, default=None,
+                     help="comma-separated seeds (default: 0 for kfold, 0,1,2 official, 0-4 holdout)")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    run.add_argument("--jobs", type=int, default=1, help="parallel workers; -1 = one per CPU (default: 1)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a hyper-parameter (repeatable; 'method.key=value' scopes it)")
+    run.add_argument("--force", action="store_true", help="re-run jobs that are already in the store")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    report = sub.add_parser("report", help="regenerate tables from the results store",
+                            description="Rebuild paper-style tables from the results store.")
+    report.add_argument("--format", choices=["md", "latex", "both"], default="both")
+    report.add_argument("--dataset", default=None, help="only these dataset(s), comma-separated")
+    report.add_argument("--method", default=None, help="only these method(s), comma-separated")
+    report.add_argument("--out", type=Path, default=None, help="output folder (default: ./reports)")
+    return parser
+
+
+def cmd_list(args) -> int:
+    methods = plugins.load("methods")
+    print(f"Methods ({', '.join(map(str, plugins.plugin_dirs('methods')))}):")
+    for name, cls in methods.items():
+        print(f"  {name:<16} {'+'.join(sorted(cls.accepts)):<15} {cls.citation}")
+    root = args.data_root or default_data_root()
+    print(f"\nDatasets (data root: {root}):")
+    for name, cls in plugins.load("datasets").items():
+        dataset = cls()
+        if dataset.is_available(root):
+            from bench.runner import load_dataset
+
+            status = load_dataset(name, str(root)).summary()
+        else:
+            status = "files not found under the data root"
+        print(f"  {name:<16} {'embedded' if cls.embedded else 'on disk':<9} {status}")
+        if cls.description:
+            print(f"  {'':<16} {cls.description.splitlines()[0]}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from bench.report import build_tables, to_markdown, write_reports
+    from bench.runner import build_jobs, parse_overrides, run_jobs
+    from bench.store import ResultStore
+
+    methods = plugins.resolve_names("methods", args.method)
+    datasets = plugins.resolve_names("datasets", args.dataset)
+    store_root = args.results or default_results()
+    jobs = build_jobs(
+        methods, datasets, protocol=args.protocol, n_folds=args.folds, seeds=args.seeds,
+        overrides=parse_overrides(args.overrides), data_root=args.data_root or default_data_root(),
+        store_root=store_root, strict=args.method != "all",
+    )
+    if not jobs:
+        raise BenchError("no job to run: no selected method accepts the selected datasets' views")
+    summary = run_jobs(jobs, device=args.device, n_jobs=args.jobs, force=args.force,
+                       progress=not args.no_progress)
+    print(f"{summary.ran} job(s) run, {summary.skipped} already in {store_root} (use --force to re-run)")
+
+    store = ResultStore(store_root)
+    job_ids = {j.job_id for j in jobs}
+    stored = [r for d in datasets for m in methods for r in store.records(d, m) if r["job_id"] in job_ids]
+    for table in build_tables(stored):
+        print()
+        print(to_markdown(table, transpose=True))
+    _, written = write_reports(store, default_reports(), datasets=datasets)
+    if written:
+        print(f"tables of all stored runs on {', '.join(datasets)} written to {written[0].parent}")
+    for failure in summary.failures:
+        print(f"bench: job failed: {failure['job']}: {failure['error']}", file=sys.stderr)
+        log.debug(failure.get("traceback", ""))
+    return 1 if summary.failures else 0
+
+
+def cmd_report(args) -> int:
+    from bench.report import to_markdown, write_reports
+    from bench.store import ResultStore
+
+    formats = ("md", "latex") if args.format == "both" else (args.format,)
+    datasets = args.dataset.split(",") if args.dataset else None
+    methods = args.method.split(",") if args.method else None
+    store_root = args.results or default_results()
+    tables, written = write_reports(ResultStore(store_root), args.out or default_reports(), formats,
+                                    datasets, methods)
+    if not tables:
+        raise BenchError(f"no finished run in {store_root}; start with `bench run --method br`")
+    for table in tables:
+        print(to_markdown(table))
+    print(f"wrote {len(written)} file(s) to {written[0].parent}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="bench: %(levelname)s: %(message)s")
+    commands = {"list": cmd_list, "run": cmd_run, "report": cmd_report}
+    try:
+        return commands[args.command](args)
+    except BenchError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted; finished jobs are stored, re-run the command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

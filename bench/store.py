@@ -1,0 +1,114 @@
+"""The results store: one finished job = two files, written atomically.
+
+Layout: ``results/<dataset>/<method>/<job_id>.npz`` (test indices, scores, predictions) and
+``<job_id>.json`` (configuration, metrics, per-label AP, timings, training history, environment).
+The ``.npz`` is written first and the ``.json`` last, and the JSON records the SHA-256 of the
+``.npz``; both go through a temporary file in the same folder, ``fsync`` and ``os.replace``, so a
+crash or Ctrl-C leaves either a complete job or no job, never a half-written one that looks
+finished. A file that fails to parse, lacks a field or whose arrays do not match their digest is
+reported and treated as missing, so the job is simply run again.
+
+Tables and plots are always regenerated from these files, never from memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+REQUIRED_FIELDS = ("job_id", "config", "metrics", "timings", "arrays_sha256", "format_version")
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` so that readers see the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ResultStore:
+    """Finished jobs under ``root``, addressed by job id."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+
+    def _paths(self, dataset: str, method: str, job_id: str) -> tuple[Path, Path]:
+        folder = self.root / dataset / method
+        return folder / f"{job_id}.json", folder / f"{job_id}.npz"
+
+    def write(self, record: dict, arrays: dict[str, np.ndarray]) -> Path:
+        """Store one finished job; ``record`` must carry ``job_id`` and ``config``."""
+        cfg = record["config"]
+        json_path, npz_path = self._paths(cfg["dataset"], cfg["method"], record["job_id"])
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        payload = buf.getvalue()
+        atomic_write_bytes(npz_path, payload)
+        record = {**record, "arrays_sha256": hashlib.sha256(payload).hexdigest(), "format_version": FORMAT_VERSION}
+        atomic_write_bytes(json_path, json.dumps(record, indent=1, sort_keys=True, default=_json_default).encode())
+        return json_path
+
+    def load(self, dataset: str, method: str, job_id: str) -> dict | None:
+        """The record of a finished job, or None if it is absent, partial or corrupt."""
+        json_path, _ = self._paths(dataset, method, job_id)
+        return self._read(json_path) if json_path.exists() else None
+
+    def arrays(self, record: dict) -> dict[str, np.ndarray]:
+        cfg = record["config"]
+        _, npz_path = self._paths(cfg["dataset"], cfg["method"], record["job_id"])
+        with np.load(npz_path) as npz:
+            return {k: npz[k] for k in npz.files}
+
+    def records(self, dataset: str | None = None, method: str | None = None) -> Iterator[dict]:
+        """Every valid record, optionally for one dataset and/or method."""
+        pattern = f"{dataset or '*'}/{method or '*'}/*.json"
+        for json_path in sorted(self.root.glob(pattern)):
+            record = self._read(json_path)
+            if record is not None:
+                yield record
+
+    def _read(self, json_path: Path) -> dict | None:
+        npz_path = json_path.with_suffix(".npz")
+        try:
+            record = json.loads(json_path.read_text())
+            missing = [f for f in REQUIRED_FIELDS if f not in record]
+            if missing:
+                raise ValueError(f"missing field(s) {missing}")
+            if record["format_version"] != FORMAT_VERSION:
+                raise ValueError(f"format_version {record['format_version']} != {FORMAT_VERSION}")
+            digest = hashlib.sha256(npz_path.read_bytes()).hexdigest()
+            if digest != record["arrays_sha256"]:
+                raise ValueError(f"{npz_path.name} does not match its recorded SHA-256")
+        except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
+            log.warning("ignoring corrupt result %s (%s); the job will be re-run", json_path, exc)
+            return None
+        return record
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in a result record")

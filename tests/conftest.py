@@ -1,0 +1,62 @@
+"""Shared fixtures: isolated results/reports folders and a user plug-in folder with a tiny dataset."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from bench import plugins, runner
+
+# A dataset plug-in written the way a user would drop one in: 120 examples, two feature views,
+# four labels driven by the features (so a learner can beat chance), kfold protocol.
+TINY_DATASET = '''
+import numpy as np
+from bench.api import Dataset
+from bench.data import MultiLabelData
+
+
+class Tiny(Dataset):
+    name = "tiny"
+    protocol = "kfold"
+    embedded = True
+    description = "120 synthetic examples for tests"
+
+    def load(self, data_root):
+        rng = np.random.default_rng(0)
+        a = rng.normal(size=(120, 5)).astype("float32")
+        b = rng.normal(size=(120, 3)).astype("float32")
+        logits = np.c_[a[:, :2], b[:, :2]] * 2.0
+        Y = (logits + rng.normal(scale=0.5, size=logits.shape) > 0).astype("uint8")
+        return MultiLabelData("tiny", {"a": a, "b": b}, Y, ("l0", "l1", "l2", "l3"))
+
+
+class TinyOfficial(Dataset):
+    name = "tiny-official"
+    protocol = "official"
+    embedded = True
+
+    def load(self, data_root):
+        data = Tiny().load(data_root)
+        idx = np.arange(120)
+        return MultiLabelData("tiny-official", data.views, data.Y, data.label_names,
+                              protocol="official", splits={"train": idx[:90], "test": idx[90:]})
+'''
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Each test gets its own results/reports/data folders and fresh plug-in caches."""
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("BENCH_REPORTS", str(tmp_path / "reports"))
+    monkeypatch.setenv("BENCH_DATA_ROOT", str(tmp_path / "data"))
+    plugin_root = tmp_path / "plugins"
+    (plugin_root / "datasets").mkdir(parents=True)
+    (plugin_root / "methods").mkdir()
+    (plugin_root / "datasets" / "tiny.py").write_text(textwrap.dedent(TINY_DATASET))
+    monkeypatch.setenv("BENCH_PLUGIN_PATH", str(plugin_root))
+    plugins.load.cache_clear()
+    runner.load_dataset.cache_clear()
+    yield plugin_root
+    plugins.load.cache_clear()
+    runner.load_dataset.cache_clear()

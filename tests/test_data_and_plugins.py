@@ -1,0 +1,98 @@
+"""The data contract's validation and the plug-in loader."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bench import plugins
+from bench.api import Method
+from bench.data import ImageView, MultiLabelData
+from bench.errors import BenchError
+
+
+def make(views=None, Y=None, **kw):
+    Y = np.array([[0, 1], [1, 0], [1, 1]]) if Y is None else Y
+    views = {"f": np.ones((len(Y), 3))} if views is None else views
+    return MultiLabelData("toy", views, Y, ("a", "b")[: Y.shape[1]] if Y.ndim == 2 else ("a",), **kw)
+
+
+def test_valid_data_is_normalised_and_described():
+    data = make(views={"img": ImageView(array=np.zeros((3, 4, 4), np.uint8)), "f": np.ones((3, 2), int)})
+    assert data.Y.dtype == np.uint8 and data.views["f"].dtype == np.float32
+    assert data.view_kinds == {"image", "features"}
+    assert data.view_dims == {"img": (4, 4), "f": (2,)}
+    assert data.concatenated_features().shape == (3, 2)
+    sub = data.subset([2, 0])
+    assert sub.n_samples == 2 and sub.Y.tolist() == [[1, 1], [0, 1]]
+    assert sub.image_view.array.shape == (2, 4, 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"Y": np.array([[0, 2], [1, 0], [1, 1]])}, "only 0/1, found values [2]"),
+        ({"Y": np.array([0, 1, 1])}, "must be 2-D"),
+        ({"views": {"f": np.ones((2, 3))}}, "view 'f' has 2 rows, Y has 3"),
+        ({"views": {"f": np.array([[1.0], [np.nan], [np.inf]])}}, "NaN/inf in 2 rows (first: 1)"),
+        ({"views": {"f": np.ones((3, 2, 2))}}, "must be 2-D [N, d]"),
+        ({"views": {"f": np.array([["a"], ["b"], ["c"]])}}, "must be numeric"),
+        ({"protocol": "bogus"}, "protocol 'bogus' is not one of"),
+        ({"splits": {"train": np.array([0, 5])}}, "split 'train' must be 1-D indices into [0, 3)"),
+    ],
+)
+def test_bad_data_gives_one_line_error(kwargs, message):
+    with pytest.raises(BenchError) as err:
+        make(**kwargs)
+    assert message in str(err.value) and "\n" not in str(err.value) and "'toy'" in str(err.value)
+
+
+def test_label_names_must_match_columns():
+    with pytest.raises(BenchError, match="1 label names for 2 label columns"):
+        MultiLabelData("toy", {"f": np.ones((3, 1))}, np.zeros((3, 2)), ("a",))
+
+
+def test_fingerprint_changes_with_labels_not_with_identity():
+    a, b = make(), make()
+    assert a.fingerprint() == b.fingerprint()
+    assert make(Y=np.array([[1, 1], [1, 0], [1, 1]])).fingerprint() != a.fingerprint()
+
+
+def test_dropped_in_method_file_is_listed_and_not_a_top_level_package(isolated):
+    (isolated / "methods" / "mine.py").write_text(
+        "from bench.api import Method\n"
+        "class Mine(Method):\n    name = 'mine'\n    def __init__(self, k=3):\n        self.k = k\n"
+    )
+    (isolated / "methods" / "broken.py").write_text("raise RuntimeError('oops')\n")
+    registry = plugins.load("methods")
+    assert {"mine", "br"} <= set(registry)
+    assert issubclass(registry["mine"], Method)
+    assert registry["mine"].__module__ == "bench_plugins.methods.mine"
+    assert "methods" not in sys.modules and "datasets" not in sys.modules
+
+
+def test_install_does_not_create_top_level_methods_or_datasets_packages(tmp_path):
+    # Run outside the checkout, where only what `pip install` put on sys.path is importable.
+    code = "import importlib.util as u, bench; print(u.find_spec('methods'), bench.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["None", "bench"]
+
+
+def test_unknown_names_list_the_known_ones():
+    with pytest.raises(BenchError, match=r"unknown method 'nope'; known: .*br"):
+        plugins.get("methods", "nope")
+    assert plugins.resolve_names("datasets", "tiny,tiny-official") == ["tiny", "tiny-official"]
+    with pytest.raises(BenchError, match="unknown dataset 'x'"):
+        plugins.resolve_names("datasets", "tiny,x")
+
+
+def test_method_view_compatibility_check():
+    class ImageOnly(Method):
+        name = "img"
+        accepts = frozenset({"image"})
+
+    with pytest.raises(BenchError, match="method 'img' needs a view of kind image; dataset 'toy' has kind.s. features"):
+        ImageOnly.check_compatible(make())

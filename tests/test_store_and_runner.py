@@ -1,0 +1,173 @@
+"""The results store (atomic, corruption-aware) and the orchestrator (ids, resume, failures)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import runner
+from bench.errors import BenchError
+from bench.metrics import evaluate
+from bench.runner import build_jobs, parse_overrides, run_jobs
+from bench.store import ResultStore, atomic_write_bytes
+
+
+def jobs_for(tmp_path, methods=("br",), dataset="tiny", **kw):
+    args = dict(protocol=None, n_folds=3, seeds=None, overrides={}, data_root=tmp_path / "data",
+                store_root=tmp_path / "results")
+    args.update(kw)
+    return build_jobs(list(methods), [dataset], **args)
+
+
+# --------------------------------------------------------------------------- store
+def test_store_round_trip_and_corruption_detection(tmp_path):
+    store = ResultStore(tmp_path)
+    record = {"job_id": "abc", "config": {"dataset": "d", "method": "m"}, "metrics": {"mAP": 0.5},
+              "timings": {}}
+    store.write(record, {"scores": np.arange(4.0)})
+    loaded = store.load("d", "m", "abc")
+    assert loaded["metrics"] == {"mAP": 0.5}
+    assert np.array_equal(store.arrays(loaded)["scores"], np.arange(4.0))
+    assert not list(tmp_path.rglob("*.tmp"))  # no temporary file left behind
+
+    npz = tmp_path / "d" / "m" / "abc.npz"
+    npz.write_bytes(npz.read_bytes()[:-5])  # truncated arrays: digest mismatch
+    assert store.load("d", "m", "abc") is None
+    store.write(record, {"scores": np.arange(4.0)})
+    (tmp_path / "d" / "m" / "abc.json").write_text('{"job_id": "abc", "con')  # torn JSON
+    assert store.load("d", "m", "abc") is None and list(store.records()) == []
+
+
+def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "out" / "f.json"
+    atomic_write_bytes(path, b"old")
+
+    def boom(*a):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        atomic_write_bytes(path, b"new")
+    assert path.read_bytes() == b"old" and os.listdir(path.parent) == ["f.json"]
+
+
+# --------------------------------------------------------------------------- job identity
+def test_job_ids_are_stable_and_depend_on_every_config_part(tmp_path):
+    a = jobs_for(tmp_path)
+    b = jobs_for(tmp_path)
+    assert [j.job_id for j in a] == [j.job_id for j in b]
+    assert len({j.job_id for j in a}) == 3
+    other_param = jobs_for(tmp_path, overrides={"C": 0.5})
+    other_seed = jobs_for(tmp_path, seeds=(1,))
+    other_folds = jobs_for(tmp_path, n_folds=4)
+    for other in (other_param, other_seed, other_folds):
+        assert not {j.job_id for j in a} & {j.job_id for j in other}
+    assert a[0].config["params"]["random_state"] == 0 and other_seed[0].config["params"]["random_state"] == 1
+
+
+def test_overrides_are_parsed_scoped_and_checked(tmp_path):
+    assert parse_overrides(["lr=0.01", "n=3", "pretrained=False", "name=resnet", "t=(1, 2)", "x=none"]) == {
+        "lr": 0.01, "n": 3, "pretrained": False, "name": "resnet", "t": (1, 2), "x": None}
+    with pytest.raises(BenchError, match="--set expects key=value, got 'lr'"):
+        parse_overrides(["lr"])
+    with pytest.raises(BenchError, match="no selected method has a hyper-parameter 'lr'"):
+        jobs_for(tmp_path, overrides={"lr": 0.1})
+    with pytest.raises(BenchError, match="method 'br' has no hyper-parameter 'lr'"):
+        jobs_for(tmp_path, overrides={"br.lr": 0.1})
+    with pytest.raises(BenchError, match="method 'rmcl' is not among the selected"):
+        jobs_for(tmp_path, overrides={"rmcl.C": 0.1})
+    jobs = jobs_for(tmp_path, overrides={"br.C": 0.1})
+    assert jobs[0].params["C"] == 0.1 and jobs[0].overrides == {"C": 0.1}
+
+
+# --------------------------------------------------------------------------- running
+def test_run_stores_honest_metrics_and_resumes(tmp_path):
+    jobs = jobs_for(tmp_path)
+    first = run_jobs(jobs, progress=False)
+    assert (first.ran, first.skipped, first.failures) == (3, 0, [])
+    store = ResultStore(tmp_path / "results")
+    data = runner.load_dataset("tiny", str(tmp_path / "data"))
+    for rec in store.records("tiny", "br"):
+        arrays = store.arrays(rec)
+        # The stored metrics are exactly what evaluate() gives on the stored test predictions.
+        again = evaluate(data.Y[arrays["test_index"]], arrays["scores"], arrays["y_pred"])
+        assert rec["metrics"] == pytest.approx(dict(again), rel=1e-6, nan_ok=True)
+        assert rec["n_train"] + rec["n_test"] == 120 and rec["timings"]["fit_s"] > 0
+        assert rec["metrics"]["micro_f1"] > 0.7  # the tiny labels are learnable from its features
+
+    second = run_jobs(jobs_for(tmp_path), progress=False)
+    assert (second.ran, second.skipped) == (0, 3)
+    # A corrupt result is detected and only that job re-runs; --force re-runs all.
+    victim = next((tmp_path / "results" / "tiny" / "br").glob("*.json"))
+    victim.write_text("{")
+    third = run_jobs(jobs_for(tmp_path), progress=False)
+    assert (third.ran, third.skipped) == (1, 2)
+    assert run_jobs(jobs_for(tmp_path), force=True, progress=False).ran == 3
+
+
+def test_parallel_workers_give_the_same_results_as_in_process(tmp_path):
+    serial = run_jobs(jobs_for(tmp_path, store_root=tmp_path / "a"), progress=False)
+    parallel = run_jobs(jobs_for(tmp_path, store_root=tmp_path / "b"), n_jobs=2, progress=False)
+    by_id = {r["job_id"]: r["metrics"] for r in serial.records}
+    assert len(parallel.records) == 3
+    for rec in parallel.records:
+        assert rec["metrics"] == pytest.approx(by_id[rec["job_id"]], nan_ok=True)
+
+
+def test_a_failing_method_is_reported_and_other_jobs_are_kept(tmp_path, isolated):
+    (isolated / "methods" / "flaky.py").write_text(
+        "import numpy as np\nfrom bench.api import Method\n"
+        "class Flaky(Method):\n    name = 'flaky'\n"
+        "    def fit(self, train, val=None):\n        raise ZeroDivisionError('boom')\n"
+        "class WrongShape(Method):\n    name = 'wrong-shape'\n"
+        "    def fit(self, train, val=None):\n        return self\n"
+        "    def predict_scores(self, data):\n        return np.zeros((data.n_samples, 1))\n"
+    )
+    summary = run_jobs(jobs_for(tmp_path, methods=("br", "flaky", "wrong-shape")), progress=False)
+    assert summary.ran == 9 and len(summary.records) == 3
+    errors = sorted({f["error"] for f in summary.failures})
+    assert errors == ["ZeroDivisionError: boom",
+                      "method 'wrong-shape': predict_scores returned shape (40, 1), expected (40, 4)"]
+
+
+def test_label_without_training_positives_is_noted_not_fatal(tmp_path, isolated, caplog):
+    (isolated / "datasets" / "rare.py").write_text(
+        "import numpy as np\nfrom bench.api import Dataset\nfrom bench.data import MultiLabelData\n"
+        "class Rare(Dataset):\n    name = 'rare'\n    protocol = 'official'\n    embedded = True\n"
+        "    def load(self, root):\n        rng = np.random.default_rng(0)\n"
+        "        Y = (rng.random((60, 2)) < 0.5).astype('uint8'); Y[:, 1] = 0; Y[50:, 1] = 1\n"
+        "        return MultiLabelData('rare', {'f': rng.normal(size=(60, 3))}, Y, ('a', 'b'),\n"
+        "            protocol='official', splits={'train': np.arange(40), 'test': np.arange(40, 60)})\n"
+    )
+    summary = run_jobs(jobs_for(tmp_path, dataset="rare", seeds=(0,)), progress=False)
+    assert not summary.failures
+    rec = summary.records[0]
+    assert "['b'] have no positive example in the training part" in rec["notes"][0]
+    assert "no positive example" in caplog.text
+    assert np.all(ResultStore(tmp_path / "results").arrays(rec)["scores"][:, 1] == 0)  # constant predictor
+
+
+def test_device_resolution():
+    assert runner.resolve_device("auto", needs_torch=False) == "cpu"
+    assert runner.resolve_device("cpu", needs_torch=True) == "cpu"
+    with pytest.raises(BenchError, match="--device must be auto, cpu, cuda or cuda:N"):
+        runner.resolve_device("tpu", needs_torch=True)
+    import torch
+
+    if not torch.cuda.is_available():
+        assert runner.resolve_device("auto", needs_torch=True) == "cpu"
+        with pytest.raises(BenchError, match="torch sees no CUDA device"):
+            runner.resolve_device("cuda", needs_torch=True)
+
+
+def test_stored_record_is_plain_json(tmp_path):
+    run_jobs(jobs_for(tmp_path, n_folds=2), progress=False)
+    path = next(Path(tmp_path / "results").rglob("*.json"))
+    rec = json.loads(path.read_text())
+    assert set(rec["config"]) == {"method", "dataset", "params", "protocol", "n_folds", "fold", "seed",
+                                  "split_hash", "data_fingerprint"}
+    assert len(rec["per_label_ap"]) == 4 and rec["environment"]["device"] == "cpu"
