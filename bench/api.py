@@ -79,6 +79,8 @@ class Dataset:
     description: ClassVar[str] = ""
     #: True for datasets built from data a dependency ships (always available offline).
     embedded: ClassVar[bool] = False
+    #: The metric columns of its papers' tables: a key of ``bench.metrics.METRIC_SETS``.
+    metric_set: ClassVar[str] = "all"
 
     def load(self, data_root: Path) -> MultiLabelData:
         raise NotImplementedError

@@ -145,6 +145,23 @@ METRICS: dict[str, Metric] = _metrics_registry()
 LOWER_IS_BETTER: frozenset[str] = frozenset(name for name, m in METRICS.items() if not m.higher_is_better)
 
 
+#: The metric columns each family of papers reports, for paper-style tables. A dataset plug-in
+#: names its family in ``Dataset.metric_set``; "all" shows every metric.
+METRIC_SETS: dict[str, tuple[str, ...]] = {
+    # RMLC, Tables III-IV (multi-modal feature sets)
+    "multimodal": ("hamming_loss", "ranking_loss", "subset_accuracy", "macro_f1", "example_f1", "micro_f1"),
+    # RETDM, Tables II-IV (scene, MIRFLICKR, COCO)
+    "retdm": ("CP", "CR", "CF1", "OP", "OR", "OF1", "hamming_loss", "ranking_loss", "coverage",
+              "one_error", "average_precision"),
+    # DER / CMSG / Order-Free RNN on COCO and NUS-WIDE (ML-GCN's columns)
+    "coco": ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1",
+             "CP_top3", "CR_top3", "CF1_top3", "OP_top3", "OR_top3", "OF1_top3"),
+    # Pascal VOC: per-class AP is a separate table; the main table shows mAP
+    "voc": ("mAP",),
+    "all": tuple(METRICS),
+}
+
+
 def direction_arrow(name: str) -> str:
     """``"↓"`` for a metric where lower is better, ``"↑"`` otherwise (for table headers)."""
     if name not in METRICS:
