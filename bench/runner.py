@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -313,13 +313,16 @@ def run_jobs(jobs: list[Job], *, device: str = "auto", n_jobs: int = 1, force: b
     done, pending = [], []
     for job in jobs:
         record = None if force else store.load(job.dataset, job.method, job.job_id)
-        (done if record is not None else pending).append(record or job)
+        if record is None:
+            pending.append(job)
+        else:
+            done.append(record)
     needs_torch = any("device" in j.params for j in pending)
     device = resolve_device(device, needs_torch)
     n_jobs = max(1, min(n_jobs if n_jobs > 0 else os.cpu_count(), len(pending) or 1))
     if device == "cpu" and n_jobs > 1:
         threads = max(1, (os.cpu_count() or 1) // n_jobs)
-        pending = [_with_threads(j, threads) for j in pending]
+        pending = [replace(j, threads=threads) for j in pending]
 
     results = _dispatch(pending, device, n_jobs, progress)
     failures = [r for r in results if "error" in r]
@@ -327,11 +330,6 @@ def run_jobs(jobs: list[Job], *, device: str = "auto", n_jobs: int = 1, force: b
         for note in rec.get("notes", []):
             log.warning(note)
     return RunSummary(done + [r for r in results if "error" not in r], len(pending), len(done), failures)
-
-
-def _with_threads(job: Job, threads: int) -> Job:
-    return Job(job.method, job.dataset, job.params, job.overrides, job.split, job.data_fingerprint,
-               job.data_root, job.store_root, threads)
 
 
 def _dispatch(pending: list[Job], device: str, n_jobs: int, progress: bool) -> list[dict]:
