@@ -36,13 +36,20 @@ class Method(BaseEstimator):
 
     * a ``random_state`` constructor argument is set to the job's seed;
     * a ``device`` constructor argument is set to the worker's device (``"cpu"``, ``"cuda:0"``);
-    * ``history_``: a list of per-epoch dicts (``{"epoch": 3, "loss": ...}``) for convergence plots.
+    * ``history_``: a list of per-epoch dicts (``{"epoch": 3, "loss": ..., "val_map": ...}``;
+      loss terms by name, validation metrics prefixed ``val_``) for convergence plots;
+    * ``predict_steps(data)`` -> float array [M, n, L]: the scores after each modality / step,
+      for methods whose paper plots a metric against the number of modalities used.
+
+    A registered ablation of another method (e.g. ``rmlc_ns`` of ``rmlc``) sets ``ablation_of`` to
+    that method's name, so the report can put the paper's ablations side by side.
     """
 
     name: ClassVar[str] = ""
     accepts: ClassVar[frozenset[str]] = frozenset({FEATURES})
     citation: ClassVar[str] = ""
     threshold: ClassVar[float] = 0.5
+    ablation_of: ClassVar[str] = ""
 
     def fit(self, train: MultiLabelData, val: MultiLabelData | None = None) -> Method:
         raise NotImplementedError

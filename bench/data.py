@@ -65,7 +65,9 @@ class MultiLabelData:
 
     ``views`` keeps the dataset's modality order (RMLC feeds modalities to its LSTM in that
     order). ``splits`` holds official index arrays such as ``{"train": ..., "test": ...}``.
-    ``protocol`` is the evaluation protocol the papers used for this dataset.
+    ``protocol`` is the evaluation protocol the papers used for this dataset. ``ignore`` (bool
+    [N, L], optional) marks labels left out of evaluation, such as VOC's "difficult"-only objects:
+    they stay positives in Y (for training, as ML-GCN does) and are skipped by AP.
     """
 
     name: str
@@ -76,6 +78,7 @@ class MultiLabelData:
     splits: dict[str, np.ndarray] = field(default_factory=dict)
     citation: str = ""
     description: str = ""
+    ignore: np.ndarray | None = None
 
     def __post_init__(self):
         _validate(self)
@@ -121,7 +124,8 @@ class MultiLabelData:
         """The examples at ``idx`` (official splits are dropped: they index the full set)."""
         idx = np.asarray(idx)
         views = {k: v.subset(idx) if isinstance(v, ImageView) else v[idx] for k, v in self.views.items()}
-        return replace(self, views=views, Y=self.Y[idx], splits={})
+        ignore = None if self.ignore is None else self.ignore[idx]
+        return replace(self, views=views, Y=self.Y[idx], splits={}, ignore=ignore)
 
     def fingerprint(self) -> str:
         """A short hash of labels and view shapes, part of every job's identity.
@@ -133,6 +137,8 @@ class MultiLabelData:
         h.update(np.ascontiguousarray(self.Y, dtype=np.uint8).tobytes())
         h.update(repr(sorted((k, self.view_dims[k], len(v)) for k, v in self.views.items())).encode())
         h.update(repr(self.label_names).encode())
+        if self.ignore is not None:
+            h.update(np.packbits(self.ignore).tobytes())
         return h.hexdigest()[:16]
 
     def summary(self) -> str:
@@ -156,6 +162,12 @@ def _validate(data: MultiLabelData) -> None:
             f"{where}: {len(data.label_names)} label names for {Y.shape[1]} label columns"
         )
     object.__setattr__(data, "label_names", tuple(str(n) for n in data.label_names))
+    if data.ignore is not None:
+        ignore = np.asarray(data.ignore)
+        if ignore.shape != Y.shape or not np.isin(ignore, (0, 1)).all():
+            raise BenchError(f"{where}: ignore mask must be 0/1 of the label matrix's shape {Y.shape}, "
+                             f"got shape {ignore.shape}")
+        object.__setattr__(data, "ignore", ignore.astype(bool))
     if not data.views:
         raise BenchError(f"{where}: no views")
     if data.protocol not in PROTOCOLS:

@@ -215,7 +215,7 @@ def execute(job: Job, device: str) -> dict:
     y_pred = method.predict(test)
     t2 = time.perf_counter()
     scores, y_pred = _check_outputs(job.method, scores, y_pred, test.Y.shape)
-    result = evaluate(test.Y, scores, y_pred)
+    result = evaluate(test.Y, scores, y_pred, ignore=test.ignore)
 
     record = {
         "job_id": job.job_id,

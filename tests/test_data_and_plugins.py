@@ -96,3 +96,13 @@ def test_method_view_compatibility_check():
 
     with pytest.raises(BenchError, match="method 'img' needs a view of kind image; dataset 'toy' has kind.s. features"):
         ImageOnly.check_compatible(make())
+
+
+def test_ignore_mask_follows_subsets_and_is_validated():
+    ignore = np.array([[0, 0], [1, 0], [0, 1]])
+    data = make(ignore=ignore)
+    assert data.ignore.dtype == bool
+    assert data.subset([2, 1]).ignore.tolist() == [[False, True], [True, False]]
+    assert data.fingerprint() != make().fingerprint()
+    with pytest.raises(BenchError, match="ignore mask must be 0/1"):
+        make(ignore=np.ones((2, 2)))
