@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import plugins
+from bench import image_features, plugins
 from bench.api import EXECUTION_PARAMS, Method
 from bench.data import MultiLabelData
 from bench.errors import BenchError
@@ -187,9 +187,10 @@ def _check_outputs(method: str, scores, y_pred, shape: tuple[int, int]) -> tuple
 
 def execute(job: Job, device: str) -> dict:
     """Train and evaluate one job, store it, and return its record (runs in a worker)."""
-    data = load_dataset(job.dataset, job.data_root)
-    train, test = data.subset(job.split.train), data.subset(job.split.test)
     cls = plugins.get("methods", job.method)
+    # An image-only dataset gets cached per-stage CNN features for a feature-only method.
+    data = image_features.prepare(cls, load_dataset(job.dataset, job.data_root), job.store_root, device)
+    train, test = data.subset(job.split.train), data.subset(job.split.test)
     params = dict(job.params)
     if "device" in params:
         params["device"] = device
@@ -216,6 +217,7 @@ def execute(job: Job, device: str) -> dict:
     t2 = time.perf_counter()
     scores, y_pred = _check_outputs(job.method, scores, y_pred, test.Y.shape)
     result = evaluate(test.Y, scores, y_pred, ignore=test.ignore)
+    steps = _step_scores(job.method, method, test)
 
     record = {
         "job_id": job.job_id,
@@ -234,8 +236,27 @@ def execute(job: Job, device: str) -> dict:
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     arrays = {"test_index": job.split.test, "scores": scores.astype(np.float32), "y_pred": y_pred}
+    if steps is not None:
+        # The metrics after each modality / step (RMLC Fig. 3), thresholded like predict's default.
+        record["step_metrics"] = [dict(evaluate(test.Y, s, (s >= method.threshold).astype(np.uint8),
+                                                ignore=test.ignore)) for s in steps]
+        arrays["step_scores"] = steps.astype(np.float32)
     ResultStore(job.store_root).write(record, arrays)
     return record
+
+
+def _step_scores(name: str, method: Method, test: MultiLabelData) -> np.ndarray | None:
+    """The optional ``predict_steps`` output, checked: float [M, n, L], finite, M >= 1."""
+    predict_steps = getattr(method, "predict_steps", None)
+    if not callable(predict_steps):
+        return None
+    steps = np.asarray(predict_steps(test), dtype=np.float64)
+    if steps.ndim != 3 or steps.shape[0] < 1 or steps.shape[1:] != test.Y.shape:
+        raise BenchError(f"method {name!r}: predict_steps returned shape {steps.shape}, "
+                         f"expected [M, {test.Y.shape[0]}, {test.Y.shape[1]}]")
+    if not np.isfinite(steps).all():
+        raise BenchError(f"method {name!r}: predict_steps returned NaN/inf")
+    return steps
 
 
 def _execute_safely(job: Job, device) -> dict:
@@ -293,7 +314,7 @@ def build_jobs(
         fingerprint = data.fingerprint()
         for cls in classes:
             try:
-                cls.check_compatible(data)
+                image_features.check_compatible(cls, data)
             except BenchError as exc:
                 if strict:
                     raise
@@ -302,13 +323,16 @@ def build_jobs(
             params, applied = resolve_params(cls, overrides)
             for split in splits:
                 seeded = {**params, "random_state": split.seed} if "random_state" in params else params
-                jobs.append(Job(cls.name, ds_name, seeded, applied, split, fingerprint,
+                jobs.append(Job(cls.name, ds_name, seeded, applied, split,
+                                image_features.job_fingerprint(cls, data, fingerprint),
                                 str(data_root), str(store_root)))
     return jobs
 
 
 def run_jobs(jobs: list[Job], *, device: str = "auto", n_jobs: int = 1, force: bool = False,
-             progress: bool = True) -> RunSummary:
+             progress: bool = True, on_record=None) -> RunSummary:
+    """Run the jobs not yet stored. ``on_record(record)`` is called in this (the orchestrating)
+    process for each job as it finishes, e.g. to log it to MLflow; workers only return records."""
     store = ResultStore(jobs[0].store_root) if jobs else None
     done, pending = [], []
     for job in jobs:
@@ -324,7 +348,7 @@ def run_jobs(jobs: list[Job], *, device: str = "auto", n_jobs: int = 1, force: b
         threads = max(1, (os.cpu_count() or 1) // n_jobs)
         pending = [replace(j, threads=threads) for j in pending]
 
-    results = _dispatch(pending, device, n_jobs, progress)
+    results = _dispatch(pending, device, n_jobs, progress, on_record)
     failures = [r for r in results if "error" in r]
     for rec in results:
         for note in rec.get("notes", []):
@@ -332,27 +356,31 @@ def run_jobs(jobs: list[Job], *, device: str = "auto", n_jobs: int = 1, force: b
     return RunSummary(done + [r for r in results if "error" not in r], len(pending), len(done), failures)
 
 
-def _dispatch(pending: list[Job], device: str, n_jobs: int, progress: bool) -> list[dict]:
+def _dispatch(pending: list[Job], device: str, n_jobs: int, progress: bool, on_record=None) -> list[dict]:
     if not pending:
         return []
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(pending), desc="jobs", unit="job", disable=not progress, file=sys.stderr)
+    out: list[dict] = []
+
+    def finished(record: dict) -> None:
+        out.append(record)
+        bar.update()
+        if on_record is not None and "error" not in record:
+            on_record(record)
+
     if n_jobs == 1:
         tokens: object = "cuda:0" if device == "cuda" else device
-        out = []
         for job in pending:
-            out.append(_execute_safely(job, tokens))
-            bar.update()
+            finished(_execute_safely(job, tokens))
         bar.close()
         return out
     with _device_tokens(device, n_jobs) as tokens:
         parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
-        out = []
         for record in parallel(delayed(_execute_safely)(job, tokens) for job in pending):
-            out.append(record)
-            bar.update()
+            finished(record)
     bar.close()
     return out
 

@@ -1,0 +1,218 @@
+"""Image decoding, the papers' augmentations and the DataLoader of every image method.
+
+Images travel through the loader as ``uint8`` tensors ``[3, H, W]`` (4x less to copy and to pin
+than float32); the conversion to float and the backbone's normalisation happen on the device
+(:func:`to_model_input`), where they are nearly free. Decoding (``torchvision.io.decode_image``)
+and augmentation run in the DataLoader's worker processes.
+
+Transforms
+----------
+:class:`ImageTransform` is a plain, hashable description (its :meth:`~ImageTransform.describe`
+string is part of cache keys): ``resize`` (square side, the image is warped to
+``resize x resize`` as ML-GCN's ``Resize((s, s))`` does), then a ``crop`` (random when training,
+centred otherwise), then an optional random horizontal flip. The papers' recipes:
+
+* DER, CMSG (ML-GCN style): train ``resize=512, crop=448, flip``; test ``resize=448``;
+* a frozen feature extractor (Order-Free RNN, :mod:`bench.image_features`): ``resize=s`` only.
+
+``train_transform(image_size, resize, flip)`` and ``test_transform(image_size)`` build them from a
+method's constructor arguments; ``image_size=None`` keeps an in-memory image at its native size
+(the default dataset's 56 x 56 canvases need no resampling).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from bench.data import ImageView
+from bench.errors import BenchError
+
+
+# ----------------------------------------------------------------------------- transforms
+@dataclass(frozen=True)
+class ImageTransform:
+    """resize (square warp) -> crop (random if ``random_crop``, else centred) -> random h-flip.
+
+    Operates on ``uint8`` tensors ``[C, H, W]``; each step is skipped when its size is ``None``.
+    Randomness comes from torch's global generator, which the loader seeds per worker.
+    """
+
+    resize: int | None = None
+    crop: int | None = None
+    random_crop: bool = False
+    flip: bool = False
+
+    def __post_init__(self):
+        for name in ("resize", "crop"):
+            value = getattr(self, name)
+            if value is not None and (int(value) != value or value < 1):
+                raise BenchError(f"image transform: {name} must be a positive integer or None, got {value!r}")
+        if self.resize is not None and self.crop is not None and self.crop > self.resize:
+            raise BenchError(f"image transform: crop {self.crop} is larger than resize {self.resize}")
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as TF
+
+        if self.resize is not None and tuple(img.shape[-2:]) != (self.resize, self.resize):
+            img = TF.resize(img, [self.resize, self.resize], antialias=True)
+        if self.crop is not None:
+            h, w = img.shape[-2:]
+            if self.crop > min(h, w):
+                raise BenchError(f"image transform: crop {self.crop} exceeds the image size {h}x{w}; "
+                                 "set a larger resize")
+            if self.random_crop:
+                top = int(torch.randint(0, h - self.crop + 1, ()).item())
+                left = int(torch.randint(0, w - self.crop + 1, ()).item())
+                img = TF.crop(img, top, left, self.crop, self.crop)
+            else:
+                img = TF.center_crop(img, [self.crop, self.crop])
+        if self.flip and bool(torch.rand(()) < 0.5):
+            img = TF.horizontal_flip(img)
+        return img
+
+    def output_size(self, native: tuple[int, int] | None) -> tuple[int, int] | None:
+        """The (H, W) this transform produces from images of size ``native`` (None: unknown)."""
+        if self.crop is not None:
+            return (self.crop, self.crop)
+        if self.resize is not None:
+            return (self.resize, self.resize)
+        return native
+
+    def describe(self) -> str:
+        """A stable one-line description, used in cache keys and logs."""
+        crop = "none" if self.crop is None else f"{'random' if self.random_crop else 'center'}{self.crop}"
+        return f"resize={self.resize or 'none'},crop={crop},flip={'yes' if self.flip else 'no'}"
+
+
+def train_transform(image_size: int | None, resize: int | None = None, flip: bool = True) -> ImageTransform:
+    """Training augmentation: resize to ``resize`` (if given), random crop ``image_size``, flip.
+
+    Without ``resize`` the image is resized straight to ``image_size`` (no crop)."""
+    if resize is None:
+        return ImageTransform(resize=image_size, flip=flip)
+    return ImageTransform(resize=resize, crop=image_size, random_crop=True, flip=flip)
+
+
+def test_transform(image_size: int | None) -> ImageTransform:
+    """Evaluation: the whole image resized to ``image_size`` (ML-GCN's test transform)."""
+    return ImageTransform(resize=image_size)
+
+
+# ----------------------------------------------------------------------------- decoding
+def to_chw_rgb(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """An HW / HWC (1, 3 or 4 channels) uint8 image -> uint8 tensor [3, H, W]."""
+    t = torch.as_tensor(np.asarray(image))
+    if t.dtype != torch.uint8:
+        raise BenchError(f"image arrays must be uint8, got {t.dtype}")
+    if t.ndim == 2:
+        t = t.unsqueeze(-1)
+    if t.ndim != 3 or t.shape[-1] not in (1, 3, 4):
+        raise BenchError(f"image arrays must be [H, W] or [H, W, C] with C in 1/3/4, got {tuple(t.shape)}")
+    t = t.permute(2, 0, 1)
+    if t.shape[0] == 1:
+        t = t.expand(3, -1, -1)
+    return t[:3].contiguous()
+
+
+def decode_file(path: Path | str) -> torch.Tensor:
+    """Decode a JPEG/PNG/GIF/WebP file to uint8 [3, H, W] (grayscale and RGBA become RGB)."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    if not Path(path).is_file():
+        raise BenchError(f"image file {path} does not exist")
+    try:
+        # torchvision 0.29 deprecates its codecs in favour of TorchCodec, which needs system FFmpeg
+        # libraries; the bundled libjpeg-turbo/libpng decoders still work and need nothing else.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    except RuntimeError as exc:
+        raise BenchError(f"image file {path} cannot be decoded ({' '.join(str(exc).split())[:120]})") from None
+
+
+class ImageSet(Dataset):
+    """Indexable (image uint8 [3, h, w], labels float32 [L]) pairs of an :class:`ImageView`.
+
+    ``Y=None`` gives an empty label vector (prediction). In-memory arrays are sliced per item;
+    file paths are decoded on access, i.e. inside the DataLoader workers.
+    """
+
+    def __init__(self, view: ImageView, Y: np.ndarray | None, transform: ImageTransform):
+        self.view = view
+        self.Y = None if Y is None else torch.as_tensor(np.asarray(Y, dtype=np.float32))
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def __getitem__(self, i: int):
+        if self.view.array is not None:
+            img = to_chw_rgb(self.view.array[i])
+        else:
+            img = decode_file(self.view.paths[i])
+        y = self.Y[i] if self.Y is not None else torch.empty(0)
+        return self.transform(img), y
+
+
+def default_num_workers(view: ImageView) -> int:
+    """Worker processes for decoding: none for small in-memory arrays (a process costs more than
+    slicing), otherwise up to 8 (capped by the CPUs this process may use)."""
+    if view.array is not None:
+        return 0
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus - 1))
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker from the loader's generator; numpy/random follow from it, so that a
+    # run's augmentations depend only on the seed, not on how many workers there are per process.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    import random
+
+    random.seed(seed)
+
+
+def make_loader(view: ImageView, Y: np.ndarray | None, transform: ImageTransform, *, batch_size: int,
+                shuffle: bool, seed: int = 0, num_workers: int | None = None, pin_memory: bool = False,
+                drop_last: bool = False) -> DataLoader:
+    """A DataLoader of (uint8 images [B, 3, h, w], labels [B, L]); decoding and augmentation in
+    ``num_workers`` processes (None: :func:`default_num_workers`), pinned memory for fast,
+    asynchronous host-to-GPU copies."""
+    workers = default_num_workers(view) if num_workers is None else int(num_workers)
+    generator = torch.Generator().manual_seed(int(seed))
+    return DataLoader(
+        ImageSet(view, Y, transform), batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+        pin_memory=pin_memory, drop_last=drop_last, generator=generator, worker_init_fn=_seed_worker,
+        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[float], device: torch.device,
+                   channels_last: bool = False) -> torch.Tensor:
+    """uint8 [B, 3, H, W] (possibly pinned) -> normalised float32 on ``device``.
+
+    The copy is non-blocking, so it overlaps with the previous step's GPU work when pinned."""
+    x = images.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.float().div_(255.0)
+    m = torch.tensor(mean, device=device, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=device, dtype=x.dtype).view(1, -1, 1, 1)
+    return x.sub_(m).div_(s)
+
+
+def native_size(view: ImageView) -> tuple[int, int] | None:
+    """(H, W) of an in-memory image view; None for files (sizes vary)."""
+    return tuple(view.array.shape[1:3]) if view.array is not None else None
