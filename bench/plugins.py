@@ -73,7 +73,8 @@ def load(kind: str) -> dict[str, type]:
             if module is None:
                 continue
             for _, cls in inspect.getmembers(module, inspect.isclass):
-                if not (issubclass(cls, base) and cls.__module__ == module.__name__ and cls.name):
+                # A plug-in names itself; an intermediate base class that inherits a name does not.
+                if not (issubclass(cls, base) and cls.__module__ == module.__name__ and cls.__dict__.get("name")):
                     continue
                 if cls.name in found:
                     log.warning("plug-in name %r in %s already defined; keeping the first", cls.name, path)

@@ -1,0 +1,103 @@
+"""``bench fetch DATASET``: download a dataset's public archives, verify their checksums, extract.
+
+A dataset plug-in that has a public download declares it with a classmethod ``archives()``
+returning :class:`Archive` records (URL, MD5, file name, and the folder under the data root to
+extract into). The download and the MD5 check are torchvision's own
+(:func:`torchvision.datasets.utils.download_and_extract_archive`, which ``VOCDetection`` uses);
+an archive already present with the right checksum is not downloaded again. Any failure (no
+network, a checksum mismatch, a bad archive) is one :class:`~bench.errors.BenchError` line naming
+the URL or file.
+
+This module also holds :func:`check_jpeg_files`, the cheap integrity check of image files that
+``bench fetch`` runs after extracting and that image loaders offer as ``verify_images=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import plugins
+from bench.errors import BenchError
+
+log = logging.getLogger(__name__)
+
+JPEG_START = b"\xff\xd8"
+JPEG_END = b"\xff\xd9"
+#: Bytes at the end of a file searched for the end-of-image marker: encoders may pad after it,
+#: and the marker cannot occur inside entropy-coded data (0xFF is stuffed there as 0xFF00).
+JPEG_TAIL_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class Archive:
+    """One public archive of a dataset: where to get it and how to check it."""
+
+    url: str
+    md5: str
+    filename: str
+    subdir: str = ""  # extracted under <data root>/<subdir>
+
+
+def archives_of(name: str) -> tuple[Archive, ...]:
+    """The archives a dataset plug-in declares; an error for one without a public download."""
+    cls = plugins.get("datasets", name)
+    if cls.embedded:
+        raise BenchError(f"dataset {name!r} is embedded (built from data a dependency ships); nothing to fetch")
+    archives = cls.archives() if hasattr(cls, "archives") else ()
+    if not archives:
+        raise BenchError(f"dataset {name!r} has no public download with a checksum; place its files "
+                         "under the data root by hand (README, 'Datasets')")
+    return tuple(archives)
+
+
+def fetch(name: str, data_root: Path, *, keep_archives: bool = True) -> list[Path]:
+    """Download, verify (MD5) and extract every archive of ``name`` under ``data_root``."""
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    data_root = Path(data_root)
+    extracted = []
+    for archive in archives_of(name):
+        target = data_root / archive.subdir
+        log.info("fetching %s into %s", archive.url, target)
+        try:
+            download_and_extract_archive(archive.url, download_root=target, extract_root=target,
+                                         filename=archive.filename, md5=archive.md5,
+                                         remove_finished=not keep_archives)
+        except RuntimeError as exc:  # torchvision's message for a checksum mismatch
+            raise BenchError(f"{target / archive.filename}: download from {archive.url} failed its MD5 "
+                             f"check (expected {archive.md5}): {exc}") from None
+        except OSError as exc:  # URLError (offline, DNS, refused) is an OSError
+            reason = getattr(exc, "reason", None) or exc
+            raise BenchError(f"cannot download {archive.url} ({reason}); are you offline? Put the "
+                             f"files under {data_root} by hand (README, 'Datasets')") from None
+        except Exception as exc:  # a corrupt archive: tarfile/zipfile errors
+            raise BenchError(f"{target / archive.filename}: cannot extract ({type(exc).__name__}: {exc})") from None
+        extracted.append(target)
+    return extracted
+
+
+def check_jpeg_files(paths: Iterable[Path]) -> None:
+    """Raise a one-line error at the first file that is missing or not a complete JPEG.
+
+    Reads two bytes at the start and at most :data:`JPEG_TAIL_BYTES` at the end of each file (the
+    start-of-image and end-of-image markers), which catches truncated downloads and non-JPEG files
+    without decoding pixels.
+    """
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(2)
+                f.seek(0, 2)
+                size = f.tell()
+                f.seek(max(0, size - JPEG_TAIL_BYTES))
+                tail = f.read()
+        except FileNotFoundError:
+            raise BenchError(f"{path}: image file not found") from None
+        if head != JPEG_START:
+            raise BenchError(f"{path}: not a JPEG file (no start-of-image marker)")
+        searched = tail if size > JPEG_TAIL_BYTES else tail[2:]  # not the start marker's bytes
+        if JPEG_END not in searched:
+            raise BenchError(f"{path}: truncated JPEG (no end-of-image marker); download it again")
