@@ -7,6 +7,7 @@ some jobs failed finishes the others, stores them, lists the failures and exits 
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import sys
@@ -38,6 +39,20 @@ def _seeds(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"--seeds expects comma-separated integers, got {text!r}") from None
 
 
+def _add_tracking_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<results>/mlflow.db)")
+    parser.add_argument("--no-mlflow", action="store_true",
+                        help="do not log to MLflow (also: BENCH_MLFLOW=0); the results store is unaffected")
+
+
+def _tracker(args, store_root: Path):
+    """The MLflow mirror of the results store, or None when tracking is switched off."""
+    from bench.tracking import Tracker, tracking_enabled
+
+    return Tracker.for_results(store_root, args.tracking_uri) if tracking_enabled(args.no_mlflow) else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench", description="Benchmark multi-label learning methods on the papers' datasets and protocols.")
@@ -48,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("list", help="show methods and datasets", description="Show the method and dataset plug-ins.")
+    listing = sub.add_parser("list", help="show methods and datasets",
+                             description="Show the method and dataset plug-ins, and which datasets' files are present.")
+    _data_root_option(listing)
 
     run = sub.add_parser("run", help="train and evaluate methods on datasets",
                          description="Run every (method, dataset, fold/seed) job not already in the store.")
@@ -66,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a hyper-parameter (repeatable; 'method.key=value' scopes it)")
     run.add_argument("--force", action="store_true", help="re-run jobs that are already in the store")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_tracking_options(run)
+    _data_root_option(run)
+
+    fetch = sub.add_parser("fetch", help="download a dataset's public files and verify their checksums",
+                           description="Download a dataset's public archives into the data root, check "
+                                       "their MD5, extract them and check the images.")
+    fetch.add_argument("dataset", help="dataset name (see `bench list`)")
+    _data_root_option(fetch)
 
     report = sub.add_parser("report", help="regenerate tables from the results store",
                             description="Rebuild paper-style tables from the results store.")
@@ -73,7 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--dataset", default=None, help="only these dataset(s), comma-separated")
     report.add_argument("--method", default=None, help="only these method(s), comma-separated")
     report.add_argument("--out", type=Path, default=None, help="output folder (default: ./reports)")
+    report.add_argument("--with-paper", action="store_true",
+                        help="print each table's rows beside the numbers the papers publish for that dataset")
+    report.add_argument("--published", type=Path, default=None,
+                        help="folder of published-number CSVs (default: reports/published in the checkout)")
+    report.add_argument("--paper-reference", default=None, metavar="ROW",
+                        help="our row that published rows of other methods are compared with (--with-paper)")
+    report.add_argument("--no-leaderboard", action="store_true",
+                        help="skip the cross-dataset leaderboard, its tests and critical-difference diagrams")
+    _add_tracking_options(report)
     return parser
+
+
+def _data_root_option(subparser: argparse.ArgumentParser) -> None:
+    """``--data-root`` after the command too; SUPPRESS keeps a value given before the command."""
+    subparser.add_argument("--data-root", type=Path, default=argparse.SUPPRESS,
+                           help="where dataset files live (default: $BENCH_DATA_ROOT or ./data)")
 
 
 def cmd_list(args) -> int:
@@ -85,12 +125,15 @@ def cmd_list(args) -> int:
     print(f"\nDatasets (data root: {root}):")
     for name, cls in plugins.load("datasets").items():
         dataset = cls()
-        if dataset.is_available(root):
+        if cls.embedded:
             from bench.runner import load_dataset
 
             status = load_dataset(name, str(root)).summary()
+        elif dataset.is_available(root):  # not loaded here: reading COCO's annotations takes a while
+            status = "files present under the data root"
         else:
-            status = "files not found under the data root"
+            hint = f"`bench fetch {name}`" if hasattr(cls, "archives") else "README 'Datasets'"
+            status = f"files not found under the data root (see {hint})"
         print(f"  {name:<16} {'embedded' if cls.embedded else 'on disk':<9} {status}")
         if cls.description:
             print(f"  {'':<16} {cls.description.splitlines()[0]}")
@@ -112,8 +155,11 @@ def cmd_run(args) -> int:
     )
     if not jobs:
         raise BenchError("no job to run: no selected method accepts the selected datasets' views")
+    tracker = _tracker(args, store_root)
     summary = run_jobs(jobs, device=args.device, n_jobs=args.jobs, force=args.force,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, on_record=tracker.log_job if tracker else None)
+    if tracker:  # parents' mean/std over every stored fold, and jobs stored earlier without MLflow
+        tracker.sync(ResultStore(store_root), summary.records)
     print(f"{summary.ran} job(s) run, {summary.skipped} already in {store_root} (use --force to re-run)")
 
     store = ResultStore(store_root)
@@ -140,20 +186,78 @@ def cmd_report(args) -> int:
     methods = args.method.split(",") if args.method else None
     store_root = args.results or default_results()
     tables, written = write_reports(ResultStore(store_root), args.out or default_reports(), formats,
-                                    datasets, methods)
+                                    datasets, methods, leaderboard=not args.no_leaderboard)
     if not tables:
         raise BenchError(f"no finished run in {store_root}; start with `bench run --method br`")
     for table in tables:
         print(to_markdown(table))
+    _print_table_extras(args, tables)
     print(f"wrote {len(written)} file(s) to {written[0].parent}")
+    _figures_and_tracking(args, store_root, args.out or default_reports(), tables, written, datasets, methods)
     return 0
+
+
+def _print_table_extras(args, tables) -> None:
+    """Why no leaderboard was built, and with ``--with-paper`` the published numbers beside ours."""
+    from bench.stats import not_run_reason
+
+    main = [t for t in tables if t.kind == "main"]
+    if not args.no_leaderboard and (reason := not_run_reason(main)):
+        print(f"leaderboard not built: {reason}\n")
+    if args.with_paper:
+        from bench.published import load_published, paper_comparison
+
+        published = load_published(args.published)
+        ref = args.paper_reference
+        if ref is not None and not any(ref in t.mean.index for t in main):
+            raise BenchError(f"--paper-reference {ref!r} is not a row of any table; rows: "
+                             f"{', '.join(sorted({r for t in main for r in t.mean.index}))}")
+        for table in (t for t in tables if t.kind in ("main", "per_class")):
+            print(paper_comparison(table, published, ref if ref in table.mean.index else None))
+
+
+def cmd_fetch(args) -> int:
+    from bench.fetch import fetch
+    from bench.runner import load_dataset
+
+    root = args.data_root or default_data_root()
+    for folder in fetch(args.dataset, root):
+        print(f"verified and extracted into {folder}")
+    dataset = plugins.get("datasets", args.dataset)
+    if "verify_images" in inspect.signature(dataset).parameters:
+        data = dataset(verify_images=True).load(root)  # every image file complete (JPEG markers)
+    else:
+        data = load_dataset(args.dataset, str(root))
+    print(f"{args.dataset}: {data.summary()}")
+    return 0
+
+
+def _figures_and_tracking(args, store_root: Path, out_dir: Path, tables, written, datasets, methods) -> None:
+    """Figures under ``<reports>/figures``; then the store, tables and figures to MLflow."""
+    from bench import plots
+    from bench.store import ResultStore
+
+    store = ResultStore(store_root)
+    figures = plots.make_plots(store, datasets, methods)
+    try:
+        paths = plots.save(figures, Path(out_dir) / "figures")
+        if paths:
+            print(f"wrote {len(paths)} figure file(s) to {paths[0].parent}")
+        tracker = _tracker(args, store_root)
+        if tracker:
+            tracker.sync(store)
+            tracker.log_report(written, figures, tables)
+            if not tracker.disabled:
+                print(f"logged to MLflow experiment {tracker.experiment!r} at {tracker.uri}")
+    finally:
+        plots.close(figures)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="bench: %(levelname)s: %(message)s")
-    commands = {"list": cmd_list, "run": cmd_run, "report": cmd_report}
+    commands = {"list": cmd_list, "run": cmd_run, "report": cmd_report, "fetch": cmd_fetch}
     try:
         return commands[args.command](args)
     except BenchError as exc:

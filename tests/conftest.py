@@ -50,6 +50,8 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("BENCH_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("BENCH_REPORTS", str(tmp_path / "reports"))
     monkeypatch.setenv("BENCH_DATA_ROOT", str(tmp_path / "data"))
+    # A new MLflow SQLite store costs seconds (migrations); tests of tracking switch it back on.
+    monkeypatch.setenv("BENCH_MLFLOW", "0")
     plugin_root = tmp_path / "plugins"
     (plugin_root / "datasets").mkdir(parents=True)
     (plugin_root / "methods").mkdir()

@@ -1,91 +1,198 @@
-"""Golden tests: a small fixed results store rendered to Markdown and LaTeX."""
+"""Golden tests: a small fixed results store rendered to Markdown and LaTeX.
+
+The golden files under ``tests/golden/`` were generated once by these renderers and checked by hand
+(the marks below are also asserted cell by cell, independently of the files). To regenerate after an
+intended change: ``BENCH_UPDATE_GOLDEN=1 pytest tests/test_report.py`` and review the diff.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+import os
+import re
+from pathlib import Path
 
-from bench.report import build_tables, to_latex, to_markdown, write_reports
+import numpy as np
+import pytest
+
+from bench.report import (
+    build_ablation_tables,
+    build_per_class_tables,
+    build_tables,
+    to_latex,
+    to_markdown,
+    write_reports,
+)
 from bench.store import ResultStore
 
+GOLDEN = Path(__file__).parent / "golden"
+METRIC_SETS = {"toy": "all", "toy2": "all", "vocish": "voc"}
+ABLATION_OF = {"rmlc_ns": "rmlc"}
 
-def record(method, fold, hamming, mAP, overrides=None, undefined=None):
-    return {
-        "job_id": f"{method}-{fold}-{overrides}", "overrides": overrides or {},
-        "config": {"dataset": "toy", "method": method, "protocol": "kfold", "n_folds": 3, "fold": fold, "seed": 0},
+
+def record(method, fold, hamming, mAP, overrides=None, undefined=None, dataset="toy", ap=None, labels=None):
+    rec = {
+        "job_id": f"{dataset}-{method}-{fold}-{overrides}", "overrides": overrides or {},
+        "config": {"dataset": dataset, "method": method, "protocol": "kfold", "n_folds": 3, "fold": fold, "seed": 0},
         "metrics": {"hamming_loss": hamming, "mAP": mAP}, "undefined": undefined or {"mAP": 0},
         "timings": {},
     }
+    if ap is not None:
+        rec["per_label_ap"], rec["label_names"] = ap, labels
+    return rec
 
 
 # br: hamming 0.10/0.20/0.30 -> mean 0.2, sample std 0.1; mAP 0.5/0.6/0.7 -> 0.6 ± 0.1
 # rmlc: hamming 0.05/0.15 (two runs of three) -> 0.1 ± 0.0707; mAP 0.8/0.9 -> 0.85 ± 0.0707
+# br (C=0.1): one run, hamming 0.4, mAP 0.6 (ties br's printed mAP)
 RECORDS = [record("br", f, h, m) for f, h, m in [(0, 0.1, 0.5), (1, 0.2, 0.6), (2, 0.3, 0.7)]] + [
     record("rmlc", 0, 0.05, 0.8, undefined={"mAP": 1}), record("rmlc", 1, 0.15, 0.9),
     record("br", 0, 0.4, 0.6, overrides={"C": 0.1}),
 ]
+# rmlc_ns, an ablation of rmlc: hamming 0.08/0.10/0.12 -> 0.1 ± 0.02 (ties rmlc as printed)
+ABLATION = [record("rmlc_ns", f, h, m) for f, h, m in [(0, 0.08, 0.70), (1, 0.10, 0.75), (2, 0.12, 0.80)]]
+LABELS = ["aeroplane", "bicycle", "bird"]
+# per-class AP: "bird" has no positive in fold 1 of a (None in JSON -> NaN, left out of its mean)
+PER_CLASS = [
+    record("a", 0, 0.1, 0.60, dataset="vocish", ap=[0.9, 0.5, 0.4], labels=LABELS),
+    record("a", 1, 0.1, 0.70, dataset="vocish", ap=[0.7, 0.7, None], labels=LABELS),
+    record("b", 0, 0.1, 0.65, dataset="vocish", ap=[0.8, 0.6, 0.5], labels=LABELS),
+    record("b", 1, 0.1, 0.65, dataset="vocish", ap=[0.8, 0.6, 0.5], labels=LABELS),
+    record("c", 0, 0.1, 0.50, dataset="vocish", ap=[0.6, 0.4, 0.6], labels=LABELS),
+    record("c", 1, 0.1, 0.50, dataset="vocish", ap=[0.6, 0.4, 0.6], labels=LABELS),
+]
 
-GOLDEN_MD = """\
-**Table: toy, 3-fold iteratively stratified CV: mean ± std over runs (sample std, ddof=1); ↓ lower is better, ↑ higher is better; best in bold.**
 
-| Method | Hamming loss ↓ | mAP ↑ |
-| --- | :-: | :-: |
-| br | 0.200 ± 0.100 | 0.600 ± 0.100 |
-| br (C=0.1) † (1/3 runs) | 0.400 | 0.600 |
-| rmlc † (2/3 runs) | **0.100 ± 0.071** | **0.850 ± 0.071** |
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("BENCH_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} differs from the golden file"
 
-Undefined entries left out of averages, summed over runs (labels or examples): mAP 1.
-"""
 
-GOLDEN_TEX = r"""\begin{table}[t]
-\centering
-\caption{toy, 3-fold iteratively stratified CV: mean $\pm$ std over runs (sample std, ddof=1); $\downarrow$ lower is better, $\uparrow$ higher is better; best in bold.}
-\label{tab:toy__kfold3}
-\begin{tabular}{lcc}
-\toprule
-Method & Hamming loss $\downarrow$ & mAP $\uparrow$ \\
-\midrule
-br & 0.200 $\pm$ 0.100 & 0.600 $\pm$ 0.100 \\
-br (C=0.1) $^\dagger$ (1/3 runs) & 0.400 & 0.600 \\
-rmlc $^\dagger$ (2/3 runs) & \textbf{0.100} $\pm$ 0.071 & \textbf{0.850} $\pm$ 0.071 \\
-\bottomrule
-\end{tabular}
-\par\smallskip\footnotesize Undefined entries left out of averages, summed over runs (labels or examples): mAP 1.
-\end{table}
-"""
+def check_latex_shape(tex: str) -> None:
+    """Compile-shaped: balanced braces and math, booktabs rules in order, escaped specials."""
+    body = tex.replace(r"\{", "").replace(r"\}", "")
+    depth = 0
+    for ch in body:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        assert depth >= 0, "a } closes nothing"
+    assert depth == 0, "unbalanced braces"
+    assert tex.replace(r"\$", "").count("$") % 2 == 0
+    assert tex.index(r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule")
+    assert tex.count(r"\begin{") == tex.count(r"\end{")
+    assert not re.search(r"(?<!\\)[_%#]", re.sub(r"\\label\{[^}]*\}", "", tex)), "unescaped special character"
+    n_columns = len(re.search(r"\\begin\{tabular\}\{([lcr]+)\}", tex)[1])
+    rows = [line for line in tex.splitlines() if line.endswith(r"\\")]
+    assert rows and all(len(re.findall(r"(?<!\\)&", line)) == n_columns - 1 for line in rows)
+    assert tex.isascii(), "a character LaTeX's default input encoding may not know (escape it)"
 
 
 def test_markdown_golden():
     (table,) = build_tables(RECORDS, metrics=["hamming_loss", "mAP"])
-    assert to_markdown(table) == GOLDEN_MD
+    check_golden("toy_main.md", to_markdown(table))
 
 
-def test_latex_golden_and_balanced():
+def test_latex_golden_and_compile_shaped():
     (table,) = build_tables(RECORDS, metrics=["hamming_loss", "mAP"])
     tex = to_latex(table)
-    assert tex == GOLDEN_TEX
-    assert tex.count("{") == tex.count("}") and tex.count("$") % 2 == 0
-    assert tex.index(r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule")
+    check_golden("toy_main.tex", tex)
+    check_latex_shape(tex)
 
 
-def test_best_follows_direction_and_ties_bold_both():
+def test_marks_follow_direction_best_bold_second_underlined():
+    (table,) = build_tables(RECORDS, metrics=["hamming_loss", "mAP"])
+    md = to_markdown(table)
+    # hamming (lower is better): rmlc 0.100 best, br 0.200 second, br (C=0.1) 0.400 unmarked
+    # mAP (higher is better): rmlc 0.850 best, br and br (C=0.1) tie at 0.600 as printed: both second
+    assert "| br | <u>0.200 ± 0.100</u> | <u>0.600 ± 0.100</u> |" in md
+    assert "| br (C=0.1) † (1/3 runs) | 0.400 | <u>0.600</u> |" in md
+    assert "| rmlc † (2/3 runs) | **0.100 ± 0.071** | **0.850 ± 0.071** |" in md
+    tex = to_latex(table)
+    assert r"rmlc $^\dagger$ (2/3 runs) & \textbf{0.100} $\pm$ 0.071 & \textbf{0.850} $\pm$ 0.071 \\" in tex
+    assert r"br & \underline{0.200} $\pm$ 0.100 & \underline{0.600} $\pm$ 0.100 \\" in tex
+
+
+def test_ties_share_the_mark_and_two_rows_get_no_underline():
     recs = [record("a", 0, 0.3, 0.5), record("b", 0, 0.1, 0.5)]
     (table,) = build_tables(recs, metrics=["hamming_loss", "mAP"])
     md = to_markdown(table)
     assert "| a | 0.300 | **0.500** |" in md and "| b | **0.100** | **0.500** |" in md
 
 
+def test_marks_compare_values_as_printed():
+    # 0.1004 and 0.1001 both print as 0.100: a tie on the page is a tie in the marks, and after a
+    # tie for the best there is no second (c ranks third); 0.2004 vs 0.2001 likewise tie for second
+    recs = [record("a", 0, 0.1004, 0.5), record("b", 0, 0.1001, 0.4), record("c", 0, 0.2, 0.3)]
+    (table,) = build_tables(recs, metrics=["hamming_loss"])
+    md = to_markdown(table)
+    assert "| a | **0.100** |" in md and "| b | **0.100** |" in md and "| c | 0.200 |" in md
+    recs = [record("a", 0, 0.1, 0.5), record("b", 0, 0.2004, 0.4), record("c", 0, 0.2001, 0.3), record("d", 0, 0.3, 0)]
+    (table,) = build_tables(recs, metrics=["hamming_loss"])
+    md = to_markdown(table)
+    assert "| b | <u>0.200</u> |" in md and "| c | <u>0.200</u> |" in md and "| d | 0.300 |" in md
+
+
 def test_transposed_markdown_puts_metrics_in_rows():
     (table,) = build_tables(RECORDS, metrics=["hamming_loss", "mAP"])
     md = to_markdown(table, transpose=True)
     assert "| Metric | br | br (C=0.1) † (1/3 runs) | rmlc † (2/3 runs) |" in md
-    assert "| mAP ↑ | 0.600 ± 0.100 | 0.600 | **0.850 ± 0.071** |" in md
+    assert "| mAP ↑ | <u>0.600 ± 0.100</u> | <u>0.600</u> | **0.850 ± 0.071** |" in md
+
+
+def test_main_table_uses_the_dataset_metric_set():
+    recs = [{**r, "metrics": {"hamming_loss": 0.1, "ranking_loss": 0.2, "mAP": 0.5, "CP": 0.4}} for r in RECORDS]
+    (multi,) = build_tables(recs, metric_sets={"toy": "multimodal"})
+    assert list(multi.mean.columns) == ["hamming_loss", "ranking_loss"]  # RMLC's set, as far as recorded
+    (coco,) = build_tables(recs, metric_sets={"toy": "coco"})
+    assert list(coco.mean.columns) == ["mAP", "CP"]
+
+
+def test_per_class_ap_table_golden_and_means():
+    (table,) = build_per_class_tables(PER_CLASS, metric_sets=METRIC_SETS)
+    assert list(table.mean.columns) == ["ap:aeroplane", "ap:bicycle", "ap:bird", "mAP"]
+    # readable reference: a's bird AP is its only defined fold (0.4); aeroplane (0.9 + 0.7) / 2
+    assert table.mean.at["a", "ap:bird"] == pytest.approx(0.4)
+    assert table.mean.at["a", "ap:aeroplane"] == pytest.approx(0.8)
+    md = to_markdown(table)
+    assert "| Method | aeroplane | bicycle | bird | mAP ↑ |" in md
+    # bird: c 0.6 best, b 0.5 second; aeroplane, bicycle and mAP: a and b tie for best, so no second
+    assert "| a | **0.800** | **0.600** | 0.400 | **0.650** |" in md
+    assert "| b | **0.800** | **0.600** | <u>0.500</u> | **0.650** |" in md
+    assert "| c | 0.600 | 0.400 | **0.600** | 0.500 |" in md
+    check_golden("vocish_per_class.md", md)
+    tex = to_latex(table)
+    check_golden("vocish_per_class.tex", tex)
+    check_latex_shape(tex)
+
+
+def test_per_class_tables_only_for_voc_family():
+    assert build_per_class_tables(RECORDS + PER_CLASS, metric_sets=METRIC_SETS)[0].dataset == "vocish"
+    assert build_per_class_tables(RECORDS, metric_sets=METRIC_SETS) == []
+
+
+def test_ablation_tables_group_a_method_with_its_ablations_and_variants():
+    tables = build_ablation_tables(RECORDS + ABLATION, ablation_of=ABLATION_OF, metric_sets=METRIC_SETS)
+    assert [(t.family, list(t.mean.index)) for t in tables] == [
+        ("br", ["br", "br (C=0.1)"]), ("rmlc", ["rmlc", "rmlc_ns"])]
+    rmlc = tables[1]
+    assert rmlc.slug == "toy__kfold3__ablation_rmlc"
+    md = to_markdown(rmlc)
+    assert md.startswith("**Table: ablation of rmlc on toy, 3-fold iteratively stratified CV")
+    check_golden("toy_ablation_rmlc.md", md)
+    check_latex_shape(to_latex(rmlc))
 
 
 def test_reports_are_rebuilt_from_the_store(tmp_path):
     store = ResultStore(tmp_path / "results")
-    for rec in RECORDS:
+    for rec in RECORDS + ABLATION + PER_CLASS:
         store.write(rec, {"scores": np.zeros(1)})
-    tables, written = write_reports(store, tmp_path / "reports")
-    assert [p.name for p in written] == ["toy__kfold3.md", "toy__kfold3.tex"]
+    tables, written = write_reports(store, tmp_path / "reports", metric_sets=METRIC_SETS,
+                                    ablation_of=ABLATION_OF, leaderboard=False)
+    assert [p.name for p in written] == [
+        "toy__kfold3.md", "toy__kfold3.tex", "vocish__kfold3.md", "vocish__kfold3.tex",
+        "vocish__kfold3__per_class_ap.md", "vocish__kfold3__per_class_ap.tex",
+        "toy__kfold3__ablation_br.md", "toy__kfold3__ablation_br.tex",
+        "toy__kfold3__ablation_rmlc.md", "toy__kfold3__ablation_rmlc.tex"]
     assert "**0.850 ± 0.071**" in written[0].read_text()
-    assert tables[0].runs.to_dict() == {"br": 3, "br (C=0.1)": 1, "rmlc": 2}
+    assert tables[0].runs.to_dict() == {"br": 3, "br (C=0.1)": 1, "rmlc": 2, "rmlc_ns": 3}
+    assert [t.kind for t in tables] == ["main", "main", "per_class", "ablation", "ablation"]

@@ -1,0 +1,193 @@
+"""The numbers the five papers report, read from ``reports/published/*.csv``, beside ours.
+
+Each CSV is one table of one paper, transcribed once from ``../shared/papers/*.txt`` (see
+``reports/published/README.md`` for the mapping of the papers' names to ours and for the cells left
+out because the text is damaged). Tidy columns: ``paper, table, dataset, method, metric, value, std``,
+with ``dataset`` a harness dataset name, ``metric`` a key of :data:`bench.metrics.METRICS` or
+``ap:<class>`` (one class's AP, VOC's per-class tables), values on the harness's scale (fractions,
+not percent; coverage in labels, 0-based) and ``std`` empty where the paper gives none.
+
+:func:`paper_comparison` puts our measured rows of a report table above the published rows for the
+same dataset and metrics, each published cell followed by the difference *measured - published*.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.errors import BenchError
+from bench.metrics import METRICS
+
+COLUMNS = ("paper", "table", "dataset", "method", "metric", "value", "std")
+KEY = ("paper", "table", "dataset", "method", "metric")
+#: Per-class AP columns of the VOC tables: ``ap:`` + the devkit's class name.
+PER_CLASS_PREFIX = "ap:"
+#: The 20 Pascal VOC class names in the devkit's order (the columns of DER Table II / CMSG Table 2).
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+)
+#: Metrics whose values are counts of labels, not fractions in [0, 1].
+UNBOUNDED = frozenset({"coverage"})
+
+#: A paper's own rows -> the harness methods they correspond to (names normalised by
+#: :func:`_normalise`), so that a difference is taken against our run of that very method.
+PAPER_METHODS: dict[str, dict[str, str]] = {
+    "RMLC": {"rmlc": "rmlc", "rmlcns": "rmlc_ns"},
+    "DER": {"ourder": "der", "ourderstar": "der", "jointconfidenceŷ": "der", "baselinedisentangleembedrank": "der",
+            "resnet101baseline": "der_baseline", "baselinedisentangle": "der_disentangle",
+            "baselinedisentangleembed": "der_embed", "firstconfidenceŷfcls": "der_first",
+            "secondconfidenceŷscls": "der_second"},
+    "RETDM": {"retdm": "retdm", "retdmoneway": "retdm_oneway"},
+    "Order-Free RNN": {"ours": "order_free_rnn", "ourswoatten": "order_free_rnn_noatt"},
+    "CMSG": {"cmsg": "cmsg"},
+}
+
+
+def default_folder() -> Path:
+    from bench.plugins import project_root
+
+    return project_root() / "reports" / "published"
+
+
+def load_published(folder: Path | str | None = None) -> pd.DataFrame:
+    """Every published number under ``folder`` (default ``reports/published``), validated."""
+    folder = Path(folder) if folder is not None else default_folder()
+    paths = sorted(folder.glob("*.csv"))
+    if not paths:
+        raise BenchError(f"no published-results CSV in {folder}; expected files such as rmlc_table3.csv")
+    frames = [read_csv(path) for path in paths]
+    frame = pd.concat(frames, ignore_index=True)
+    _check_duplicates(frame, "the files in " + str(folder))
+    return frame
+
+
+def read_csv(path: Path | str) -> pd.DataFrame:
+    """One published table, checked: its columns, metric keys, value ranges and duplicate rows."""
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path, dtype={"table": str}, keep_default_na=False, na_values={"std": [""]})
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"{path}: cannot read as CSV: {exc}") from None
+    if tuple(frame.columns) != COLUMNS:
+        raise BenchError(f"{path}: columns must be {','.join(COLUMNS)}, found {','.join(map(str, frame.columns))}")
+    for column in ("value", "std"):
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = values.isna() & (frame[column].astype(str) != "") & frame[column].notna()
+        if column == "value":
+            bad |= values.isna()
+        if bad.any():
+            line = int(np.flatnonzero(bad.to_numpy())[0]) + 2
+            raise BenchError(f"{path}, line {line}: field {column!r} must be a number, got {frame[column].iloc[line - 2]!r}")
+        frame[column] = values
+    for line, row in enumerate(frame.itertuples(index=False), start=2):
+        _check_row(path, line, row)
+    _check_duplicates(frame, str(path))
+    return frame
+
+
+def _check_row(path: Path, line: int, row) -> None:
+    where = f"{path}, line {line}"
+    if not all(str(getattr(row, c)).strip() for c in KEY):
+        raise BenchError(f"{where}: fields {', '.join(KEY)} must not be empty")
+    metric = row.metric
+    if metric.startswith(PER_CLASS_PREFIX):
+        if metric[len(PER_CLASS_PREFIX):] not in VOC_CLASSES:
+            raise BenchError(f"{where}: per-class metric {metric!r} names no VOC class ({', '.join(VOC_CLASSES)})")
+    elif metric not in METRICS:
+        raise BenchError(f"{where}: unknown metric {metric!r}; expected one of {', '.join(METRICS)} or ap:<class>")
+    upper = np.inf if metric in UNBOUNDED else 1.0
+    if not 0.0 <= row.value <= upper:
+        raise BenchError(f"{where}: {metric} value {row.value} outside [0, {upper}] (percent not divided by 100?)")
+    if not (np.isnan(row.std) or 0.0 <= row.std <= upper):
+        raise BenchError(f"{where}: {metric} std {row.std} outside [0, {upper}]")
+
+
+def _check_duplicates(frame: pd.DataFrame, where: str) -> None:
+    dup = frame.duplicated(list(KEY), keep=False)
+    if dup.any():
+        first = frame[dup].iloc[0]
+        raise BenchError(f"{where}: duplicate published entry {', '.join(str(first[c]) for c in KEY)}")
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[^0-9a-zŷ]", "", name.lower().replace("*", "star"))
+
+
+def harness_method(paper: str, published_method: str) -> str | None:
+    """The harness method a paper's own row corresponds to (DER's ``"Our DER"`` -> ``"der"``), if any."""
+    return PAPER_METHODS.get(paper, {}).get(_normalise(published_method))
+
+
+# --------------------------------------------------------------------------- side by side
+def comparison_frame(table, published: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
+    """Tidy rows ``source, row, metric, value, std, delta, against`` for one report table.
+
+    ``table`` is a :class:`bench.report.Table`; only its metrics that a paper reports for its
+    dataset are kept. ``delta`` = our mean - published value, against our row of the same method
+    when we ran it (:data:`PAPER_METHODS`), otherwise against ``reference`` (default: our only row
+    when the table has one); NaN when there is no row to compare with.
+    """
+    ours = table.mean
+    pub = published[(published["dataset"] == table.dataset) & published["metric"].isin(ours.columns)]
+    if pub.empty:
+        return pd.DataFrame(columns=["source", "row", "metric", "value", "std", "delta", "against"])
+    if reference is not None and reference not in ours.index:
+        raise BenchError(f"--paper-reference {reference!r} is not a row of the {table.dataset} table; "
+                         f"rows: {', '.join(ours.index)}")
+    default_ref = reference or (ours.index[0] if len(ours.index) == 1 else None)
+    rows = []
+    metrics = [m for m in ours.columns if m in set(pub["metric"])]
+    for row in ours.index:
+        rows += [{"source": "measured", "row": row, "metric": m, "value": ours.at[row, m],
+                  "std": table.std.at[row, m], "delta": np.nan, "against": ""} for m in metrics]
+    for rec in pub.itertuples(index=False):
+        mapped = harness_method(rec.paper, rec.method)
+        against = mapped if mapped in ours.index else default_ref
+        delta = ours.at[against, rec.metric] - rec.value if against else np.nan
+        rows.append({"source": f"published ({rec.paper} Tab. {rec.table})", "row": rec.method,
+                     "metric": rec.metric, "value": rec.value, "std": rec.std, "delta": delta,
+                     "against": against or ""})
+    return pd.DataFrame(rows)
+
+
+def paper_comparison(table, published: pd.DataFrame, reference: str | None = None,
+                     decimals: int = 3) -> str:
+    """Markdown: our rows, then the published rows (marked) with ``Δ`` = measured - published.
+
+    ``table`` is a main or per-class AP :class:`bench.report.Table` (whose columns name the metrics).
+    """
+    frame = comparison_frame(table, published, reference)
+    if frame.empty:
+        return f"_{table.dataset}: no published numbers for these metrics._\n"
+    metrics = list(dict.fromkeys(frame["metric"]))
+    order = list(dict.fromkeys(zip(frame["source"], frame["row"], frame["against"], strict=True)))
+    cells = {(r.source, r.row, r.metric): r for r in frame.itertuples(index=False)}
+    head = ["Source", "Method", *(table.header(m) for m in metrics), "Δ against"]
+    lines = [f"**{table.dataset}: measured (ours) beside the papers' published numbers; "
+             f"Δ = measured − published.**", "", _md(head), _md(["---", "---", *[":-:"] * len(metrics), "---"])]
+    for source, row, against in order:
+        texts = []
+        for m in metrics:
+            cell = cells.get((source, row, m))
+            texts.append("" if cell is None else _comparison_cell(cell, decimals))
+        lines.append(_md([source, row, *texts, against if source != "measured" else ""]))
+    return "\n".join(lines) + "\n"
+
+
+def _comparison_cell(cell, decimals: int) -> str:
+    text = f"{cell.value:.{decimals}f}"
+    if not np.isnan(cell.std):
+        text += f" ± {cell.std:.{decimals}f}"
+    if cell.source != "measured" and not np.isnan(cell.delta):
+        text += f" (Δ {cell.delta:+.{decimals}f})"
+    return text
+
+
+def _md(cells) -> str:
+    return "| " + " | ".join(cells) + " |"
