@@ -23,6 +23,7 @@ Text matrices (:func:`read_text_matrix`)
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -281,3 +282,17 @@ def read_lines(path: Path, what: str = "list") -> list[str]:
     if not lines:
         raise BenchError(f"{path}: {what} file is empty")
     return lines
+
+
+def numbered_image_paths(folder: Path, pattern: str, n_images: int, where_to_get: str) -> tuple[Path, ...]:
+    """``folder / pattern.format(i)`` for i = 1..n_images, every one present (MIRFLICKR, scene)."""
+    try:
+        present = set(os.listdir(folder))
+    except FileNotFoundError:
+        raise BenchError(f"{folder}: image folder not found; {where_to_get}") from None
+    names = [pattern.format(i) for i in range(1, n_images + 1)]
+    missing = [n for n in names if n not in present]
+    if missing:
+        raise BenchError(f"{Path(folder) / missing[0]}: image missing ({len(missing)} of {n_images} missing); "
+                         f"{where_to_get}")
+    return tuple(Path(folder) / n for n in names)

@@ -30,7 +30,6 @@ Loading reads the annotation files and lists the image folder once; every image 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +38,7 @@ from bench.api import Dataset
 from bench.data import ImageView, MultiLabelData
 from bench.errors import BenchError
 from bench.fetch import check_jpeg_files
+from bench.readers import numbered_image_paths
 
 #: The 24 potential labels, in the alphabetical order of the annotation files.
 POTENTIAL = (
@@ -124,13 +124,4 @@ class MirFlickr25k(Dataset):
         return np.asarray(ids, dtype=np.int64)
 
     def image_paths(self, folder: Path) -> tuple[Path, ...]:
-        try:
-            present = set(os.listdir(folder))
-        except FileNotFoundError:
-            raise BenchError(f"{folder}: image folder not found; {WHERE_TO_GET}") from None
-        names = [f"im{i}.jpg" for i in range(1, self.n_images + 1)]
-        missing = [n for n in names if n not in present]
-        if missing:
-            raise BenchError(f"{folder / missing[0]}: image missing ({len(missing)} of {self.n_images} missing); "
-                             f"{WHERE_TO_GET}")
-        return tuple(folder / n for n in names)
+        return numbered_image_paths(folder, "im{}.jpg", self.n_images, WHERE_TO_GET)

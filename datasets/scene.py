@@ -23,7 +23,6 @@ these images (BoW 500, FV 1040, HOG 576, RMLC Table II, 10-fold CV, metric colum
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ from bench.api import Dataset
 from bench.data import ImageView, MultiLabelData
 from bench.errors import BenchError
 from bench.fetch import check_jpeg_files
-from bench.readers import label_coding, read_mat
+from bench.readers import label_coding, numbered_image_paths, read_mat
 
 LABELS = ("desert", "mountains", "sea", "sunset", "trees")
 N_IMAGES = 2000
@@ -105,13 +104,4 @@ class Scene(Dataset):
             raise BenchError(f"{path}: 'class_name' is {list(names)}; expected {list(LABELS)}")
 
     def image_paths(self, folder: Path) -> tuple[Path, ...]:
-        try:
-            present = set(os.listdir(folder))
-        except FileNotFoundError:
-            raise BenchError(f"{folder}: image folder not found; {WHERE_TO_GET}") from None
-        names = [f"{i}.jpg" for i in range(1, self.n_images + 1)]
-        missing = [n for n in names if n not in present]
-        if missing:
-            raise BenchError(f"{folder / missing[0]}: image missing ({len(missing)} of {self.n_images} missing); "
-                             f"{WHERE_TO_GET}")
-        return tuple(folder / n for n in names)
+        return numbered_image_paths(folder, "{}.jpg", self.n_images, WHERE_TO_GET)

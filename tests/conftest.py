@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+import torch
 
 from bench import plugins, runner
 
@@ -62,3 +63,13 @@ def isolated(tmp_path, monkeypatch):
     yield plugin_root
     plugins.load.cache_clear()
     runner.load_dataset.cache_clear()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Small CPU tensors: one thread avoids OpenMP spin-waiting on a shared, busy machine (and
+    keeps pytest-xdist workers from oversubscribing the cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

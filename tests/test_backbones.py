@@ -19,15 +19,7 @@ from bench.backbones import (
 )
 from bench.errors import BenchError
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small CPU tensors: one thread avoids OpenMP spin-waiting on a shared, busy machine (and
-    keeps pytest-xdist workers from oversubscribing the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # Sensible ImageNet top-1 classes for the photos bundled with scikit-learn and scikit-image.
 # (The astronaut portrait is left out: "person" is not an ImageNet class.)

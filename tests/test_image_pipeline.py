@@ -19,15 +19,7 @@ from bench.errors import BenchError
 from bench.tokens import FeatureTokenEncoder, ImageTokenEncoder, build_token_encoder
 from bench.training import macro_average_precision
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small CPU tensors: one thread avoids OpenMP spin-waiting on a shared, busy machine (and
-    keeps pytest-xdist workers from oversubscribing the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------- transforms, decoding
