@@ -36,7 +36,8 @@ class Method(BaseEstimator):
 
     * a ``random_state`` constructor argument is set to the job's seed;
     * a ``device`` constructor argument is set to the worker's device (``"cpu"``, ``"cuda:0"``);
-    * ``history_``: a list of per-epoch dicts (``{"epoch": 3, "loss": ..., "val_map": ...}``;
+    * ``history_``: a list of per-epoch dicts (``{"epoch": 3, "loss": ..., "val_map": ...}``,
+      epochs counted from 1 as the papers' convergence figures do;
       loss terms by name, validation metrics prefixed ``val_``) for convergence plots;
     * ``predict_steps(data)`` -> float array [M, n, L]: the scores after each modality / step,
       for methods whose paper plots a metric against the number of modalities used.

@@ -306,20 +306,20 @@ class RMLC(Method):
             for idx in torch.as_tensor(order, device=self.device_).split(self.batch_size):
                 bce, reg = train_batch(net, optimizer, [v[idx] for v in xs], y[idx], self.lam)
                 bce_sum, reg_sum, n_batches = bce_sum + bce, reg_sum + reg, n_batches + 1
-            record = {"epoch": epoch,
+            record = {"epoch": epoch + 1,                             # counted from 1 (api.Method)
                       "loss": float(bce_sum + reg_sum) / n_batches,   # mean over batches of Σ_t L^t
                       "bce": float(bce_sum) / n_batches,              # its Σ_t BCE_t part
                       "reg": float(reg_sum) / n_batches}              # its Σ_t λ||U^t||² part
             if val is not None:
                 record.update(self._validate(xs_val, y_val, val.Y))
             self.history_.append(record)
-            if stopper is not None and stopper.step(-record["val_bce"], epoch, net):
+            if stopper is not None and stopper.step(-record["val_bce"], epoch + 1, net):
                 break
         if stopper is not None:
             stopper.restore(net)
             self.best_epoch_ = stopper.best_epoch
         else:
-            self.best_epoch_ = self.max_epochs - 1
+            self.best_epoch_ = self.max_epochs
         net.eval()
         return self
 

@@ -212,7 +212,7 @@ def test_fit_records_history_and_per_step_predictions(rmlc):
     steps = model.predict_steps(test)
     assert steps.shape == (3, 40, 4) and ((steps > 0) & (steps < 1)).all()
     np.testing.assert_array_equal(model.predict_scores(test), steps[-1])
-    assert [h["epoch"] for h in model.history_] == list(range(len(model.history_)))
+    assert [h["epoch"] for h in model.history_] == list(range(1, len(model.history_) + 1))
     first = model.history_[0]
     assert {"loss", "bce", "reg", "val_bce", "val_micro_f1", "val_ranking_loss"} <= set(first)
     assert first["loss"] == pytest.approx(first["bce"] + first["reg"])
