@@ -3,8 +3,9 @@
 Each fixture is a real VOCdevkit tree (JPEG files, annotation XML, ImageSets/Main lists), a real
 COCO instances JSON (read by pycocotools) with the 80 official categories, or the custom CSV/NPZ
 formats; expected labels are written out by hand next to each fixture. Every malformed variant must
-give a one-line BenchError naming the file at fault. ``bench fetch`` is tested against local
-``file://`` archives (MD5 good and bad) and an unreachable URL (offline).
+give a one-line BenchError naming the file at fault. ``bench fetch`` is tested against archives served
+by a local HTTP server (MD5 good and bad; torchvision's downloader does not take ``file://``) and
+an unreachable URL (offline).
 """
 
 from __future__ import annotations
