@@ -22,6 +22,8 @@ from bench.errors import BenchError
 #: Constructor arguments that choose *where* a method runs, not *what* it computes; they are
 #: left out of a job's identity so that a result obtained on a GPU is reused on a CPU.
 EXECUTION_PARAMS = frozenset({"device", "num_workers", "verbose"})
+#: Set per job from its seed: they vary within one table row and are not part of its identity.
+PER_RUN_PARAMS = frozenset({"random_state"})
 
 
 class Method(BaseEstimator):

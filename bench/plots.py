@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from bench import plugins
+from bench.api import PER_RUN_PARAMS
 from bench.errors import BenchError
 from bench.metrics import METRIC_SETS, METRICS, direction_arrow
 from bench.report import DDOF, row_label
@@ -36,7 +37,6 @@ from bench.store import ResultStore, atomic_write_bytes
 MAX_PANELS = 6
 #: Panels for a dataset whose family shows every metric: the ones most papers share.
 DEFAULT_PANELS = ("hamming_loss", "ranking_loss", "average_precision", "example_f1", "micro_f1", "mAP")
-PER_RUN_PARAMS = frozenset({"random_state"})
 
 
 @dataclass
@@ -102,6 +102,16 @@ def _band(ax, frame: pd.DataFrame, x: str, label: str) -> None:
     ax.fill_between(stats.index, stats["mean"] - std, stats["mean"] + std, color=line.get_color(), alpha=0.2)
 
 
+def _panel(ax, frame: pd.DataFrame, x: str, title: str, xlabel: str) -> None:
+    """One panel: a mean ± std band per table row against an integer x (epoch, modalities)."""
+    for row, part in frame.groupby("row", sort=True):
+        _band(ax, part, x, row)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+
+
 def _label(metric: str) -> str:
     return f"{METRICS[metric].label} {direction_arrow(metric)}" if metric in METRICS else metric
 
@@ -132,13 +142,8 @@ def convergence_plots(records: list[dict]) -> list[Plot]:
         keys = sorted(frame["key"].unique(), key=_curve_order)[:MAX_PANELS + 2]
         fig, axes = _grid(len(keys))
         for ax, curve in zip(axes, keys, strict=True):
-            part = frame[frame["key"] == curve]
-            for row, rows in part.groupby("row", sort=True):
-                _band(ax, rows, "epoch", row)
-            ax.set_title(curve.removeprefix("val_") + (" (validation)" if curve.startswith("val_") else ""))
-            ax.set_xlabel("epoch")
-            ax.xaxis.get_major_locator().set_params(integer=True)
-            ax.grid(alpha=0.3)
+            title = curve.removeprefix("val_") + (" (validation)" if curve.startswith("val_") else "")
+            _panel(ax, frame[frame["key"] == curve], "epoch", title, "epoch")
         axes[0].legend(fontsize="small")
         fig.suptitle(f"Convergence — {_subtitle(key)}")
         plots.append(Plot(f"{_slug(key)}__convergence", key[0], set(frame["row"]), fig))
@@ -157,12 +162,7 @@ def modality_plots(records: list[dict]) -> list[Plot]:
             continue
         fig, axes = _grid(len(metrics))
         for ax, metric in zip(axes, metrics, strict=True):
-            for row, part in frame[frame["metric"] == metric].groupby("row", sort=True):
-                _band(ax, part, "t", row)
-            ax.set_title(_label(metric))
-            ax.set_xlabel("modalities used (t)")
-            ax.xaxis.get_major_locator().set_params(integer=True)
-            ax.grid(alpha=0.3)
+            _panel(ax, frame[frame["metric"] == metric], "t", _label(metric), "modalities used (t)")
         axes[0].legend(fontsize="small")
         fig.suptitle(f"Performance vs. number of modalities — {_subtitle(key)}")
         plots.append(Plot(f"{_slug(key)}__modalities", key[0], set(frame["row"]), fig))

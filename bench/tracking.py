@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.api import PER_RUN_PARAMS
 from bench.report import DDOF, row_label
 from bench.store import ResultStore
 
@@ -51,8 +52,6 @@ KIND_TAG, JOB_TAG, GROUP_TAG, RUNS_TAG, JOBS_DIGEST_TAG = (
     "bench.kind", "bench.job_id", "bench.group", "bench.n_runs", "bench.jobs_digest")
 PARENT_TAG = "mlflow.parentRunId"
 NAME_TAG = "mlflow.runName"
-#: Seeds vary within a table row; they are a child run's param, not part of the row's identity.
-PER_RUN_PARAMS = frozenset({"random_state"})
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 _MAX_TAG = 5000
 
