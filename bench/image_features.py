@@ -74,13 +74,29 @@ def job_fingerprint(method_cls, data: MultiLabelData, fingerprint: str) -> str:
     return f"{fingerprint}+{name}@{size}"
 
 
-def prepare(method_cls, data: MultiLabelData, store_root: Path | str, device: str = "cpu") -> MultiLabelData:
-    """``data`` as the method will see it: with derived feature views when it needs them."""
+def prepare(method_cls, data: MultiLabelData, store_root: Path | str, device: str = "cpu",
+            views_file: Path | str | None = None) -> MultiLabelData:
+    """``data`` as the method will see it: with derived feature views when it needs them.
+
+    ``views_file`` is the cache file the orchestrator filled once for all jobs of the dataset
+    (:func:`cache_views`); without it the views are looked up (or extracted) here."""
     if not needs_derived_features(method_cls, data):
         return data
-    name, size = extractor_config()
-    views = stage_features(data, name, size, cache_dir=Path(store_root) / CACHE_SUBDIR, device=device)
+    if views_file is None:
+        views_file = cache_views(data, store_root, device)
+    views = _read_cache(Path(views_file))
+    if views is None:
+        raise BenchError(f"derived features of dataset {data.name!r}: cache file {views_file} is missing or "
+                         "unreadable; run the command again to extract them anew")
     return replace(data, views=views)
+
+
+def cache_views(data: MultiLabelData, store_root: Path | str, device: str = "cpu") -> Path:
+    """Extract the derived views of ``data`` into the results store's cache unless they are there
+    already; the cache file. The orchestrator calls it once per dataset before dispatching jobs,
+    so no two workers extract the same features and no job rebuilds the backbone to find them."""
+    name, size = extractor_config()
+    return cached_stage_features(data, name, size, cache_dir=Path(store_root) / CACHE_SUBDIR, device=device)
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -109,25 +125,48 @@ def stage_features(data: MultiLabelData, backbone: str = DEFAULT_BACKBONE, image
                    batch_size: int = 64, num_workers: int | None = None) -> dict[str, np.ndarray]:
     """One globally average-pooled vector per backbone stage for every image of ``data``:
     ``{"<backbone>/stage1": float32 [N, C1], ...}``, read from / written to ``cache_dir``."""
+    from bench.backbones import build_backbone
+
+    run = {"device": device, "batch_size": batch_size, "num_workers": num_workers}
+    if cache_dir is None:
+        return _extract(data, build_backbone(backbone, pretrained), image_size, **run)
+    path = cached_stage_features(data, backbone, image_size, cache_dir=cache_dir, pretrained=pretrained, **run)
+    views = _read_cache(path)
+    if views is None:
+        raise BenchError(f"image features cache {path} is unreadable right after it was written")
+    return views
+
+
+def cached_stage_features(data: MultiLabelData, backbone: str, image_size: int, *, cache_dir: Path,
+                          pretrained: bool | str = True, **run) -> Path:
+    """The cache file of :func:`stage_features` (written atomically), extracting only when it is
+    absent or damaged. ``run``: device, batch_size, num_workers of the extraction."""
+    from bench.backbones import build_backbone
+    from bench.image import test_transform
+
+    _image_view(data)
+    model = build_backbone(backbone, pretrained)
+    path = Path(cache_dir) / f"{data.name}-{cache_key(data, model.name, model.weights_id, test_transform(image_size))}.npz"
+    if _cache_complete(path):
+        return path
+    views = _extract(data, model, image_size, **run)
+    buf = io.BytesIO()
+    np.savez(buf, **{_safe(k): v for k, v in views.items()}, names=np.array(list(views)))
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _extract(data: MultiLabelData, model, image_size: int, *, device: str = "cpu", batch_size: int = 64,
+             num_workers: int | None = None) -> dict[str, np.ndarray]:
+    """Run the frozen backbone ``model`` over every image of ``data`` (the views of :func:`stage_features`)."""
     import torch
 
-    from bench.backbones import build_backbone
     from bench.image import make_loader, test_transform, to_model_input
 
-    view = data.image_view
-    if view is None:
-        raise BenchError(f"dataset {data.name!r} has no image view to extract features from")
-    model = build_backbone(backbone, pretrained)
-    transform = test_transform(image_size)
-    path = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / f"{data.name}-{cache_key(data, model.name, model.weights_id, transform)}.npz"
-        cached = _read_cache(path)
-        if cached is not None:
-            return cached
+    view = _image_view(data)
     dev = torch.device(device)
     model = model.to(dev).eval()
-    loader = make_loader(view, None, transform, batch_size=batch_size, shuffle=False,
+    loader = make_loader(view, None, test_transform(image_size), batch_size=batch_size, shuffle=False,
                          num_workers=num_workers, pin_memory=dev.type == "cuda")
     chunks: list[list[np.ndarray]] = [[] for _ in model.stages]
     log.info("extracting %s features of %d images of %r", model.name, len(view), data.name)
@@ -136,16 +175,29 @@ def stage_features(data: MultiLabelData, backbone: str = DEFAULT_BACKBONE, image
             x = to_model_input(images, model.mean, model.std, dev)
             for k, fmap in enumerate(model.forward_stages(x)):
                 chunks[k].append(fmap.float().mean(dim=(2, 3)).cpu().numpy())
-    views = {f"{model.name}/stage{k + 1}": np.concatenate(c).astype(np.float32) for k, c in enumerate(chunks)}
-    if path is not None:
-        buf = io.BytesIO()
-        np.savez(buf, **{_safe(k): v for k, v in views.items()}, names=np.array(list(views)))
-        atomic_write_bytes(path, buf.getvalue())
-    return views
+    return {f"{model.name}/stage{k + 1}": np.concatenate(c).astype(np.float32) for k, c in enumerate(chunks)}
+
+
+def _image_view(data: MultiLabelData) -> ImageView:
+    if data.image_view is None:
+        raise BenchError(f"dataset {data.name!r} has no image view to extract features from")
+    return data.image_view
 
 
 def _safe(name: str) -> str:
     return name.replace("/", "__")
+
+
+def _cache_complete(path: Path) -> bool:
+    """The file is there and names all its arrays (read lazily: no array is loaded)."""
+    if not path.is_file():
+        return False
+    try:
+        with np.load(path) as z:
+            return all(_safe(str(n)) in z.files for n in z["names"])
+    except Exception as exc:  # a damaged cache file is re-extracted, never trusted
+        log.warning("image features cache %s unreadable (%s); extracting again", path, exc)
+        return False
 
 
 def _read_cache(path: Path) -> dict[str, np.ndarray] | None:

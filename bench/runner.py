@@ -110,6 +110,7 @@ class Job:
     data_root: str = ""
     store_root: str = ""
     threads: int = 0  # torch threads in a CPU worker (0: leave torch's default)
+    views_file: str = ""  # derived feature views extracted by the orchestrator (image_features)
     config: dict = field(init=False)
     job_id: str = field(init=False)
 
@@ -189,7 +190,8 @@ def execute(job: Job, device: str) -> dict:
     """Train and evaluate one job, store it, and return its record (runs in a worker)."""
     cls = plugins.get("methods", job.method)
     # An image-only dataset gets cached per-stage CNN features for a feature-only method.
-    data = image_features.prepare(cls, load_dataset(job.dataset, job.data_root), job.store_root, device)
+    data = image_features.prepare(cls, load_dataset(job.dataset, job.data_root), job.store_root, device,
+                                  views_file=job.views_file or None)
     train, test = data.subset(job.split.train), data.subset(job.split.test)
     params = dict(job.params)
     if "device" in params:
@@ -344,6 +346,7 @@ def run_jobs(jobs: list[Job], *, device: str = "auto", n_jobs: int = 1, force: b
     needs_torch = any("device" in j.params for j in pending)
     device = resolve_device(device, needs_torch)
     n_jobs = max(1, min(n_jobs if n_jobs > 0 else os.cpu_count(), len(pending) or 1))
+    pending = _with_derived_views(pending, device)
     if device == "cpu" and n_jobs > 1:
         threads = max(1, (os.cpu_count() or 1) // n_jobs)
         pending = [replace(j, threads=threads) for j in pending]
@@ -354,6 +357,24 @@ def run_jobs(jobs: list[Job], *, device: str = "auto", n_jobs: int = 1, force: b
         for note in rec.get("notes", []):
             log.warning(note)
     return RunSummary(done + [r for r in results if "error" not in r], len(pending), len(done), failures)
+
+
+def _with_derived_views(pending: list[Job], device: str) -> list[Job]:
+    """Extract the derived feature views of each image-only dataset once, here, before any worker
+    starts (feature-only methods on image datasets), and hand the jobs the cache file."""
+    files: dict[tuple[str, str, str], str] = {}
+    out = []
+    for job in pending:
+        data = load_dataset(job.dataset, job.data_root)
+        if not image_features.needs_derived_features(plugins.get("methods", job.method), data):
+            out.append(job)
+            continue
+        key = (job.data_root, job.dataset, job.store_root)
+        if key not in files:
+            extract_on = "cuda:0" if device == "cuda" else device
+            files[key] = str(image_features.cache_views(data, job.store_root, extract_on))
+        out.append(replace(job, views_file=files[key]))
+    return out
 
 
 def _dispatch(pending: list[Job], device: str, n_jobs: int, progress: bool, on_record=None) -> list[dict]:

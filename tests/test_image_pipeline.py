@@ -265,11 +265,22 @@ def test_feature_only_methods_run_on_image_datasets_with_cached_stage_features(i
     jobs = runner.build_jobs(["br"], ["image-only"], protocol="kfold", n_folds=2, seeds=(0,), overrides={},
                              data_root=tmp_path, store_root=store)
     assert jobs[0].data_fingerprint.endswith("+efficientnet-lite0@64")
+    extractions = []
+    real_extract = image_features._extract
+    monkeypatch.setattr(image_features, "_extract", lambda *a, **k: extractions.append(1) or real_extract(*a, **k))
     summary = runner.run_jobs(jobs, device="cpu", progress=False)
     assert not summary.failures, summary.failures
     assert min(r["metrics"]["mAP"] for r in summary.records) > 0.9  # both cues are easy to see
     cached = list((store / image_features.CACHE_SUBDIR).glob("*.npz"))
     assert len(cached) == 1
+    assert len(extractions) == 1  # once for both folds, by the orchestrator
+
+    # A damaged cache file is extracted anew, never trusted; a sound one is reused.
+    cached[0].write_bytes(b"not a zip")
+    assert not runner.run_jobs(jobs, device="cpu", progress=False, force=True).failures
+    assert len(extractions) == 2
+    assert not runner.run_jobs(jobs, device="cpu", progress=False, force=True).failures
+    assert len(extractions) == 2
 
     data = runner.load_dataset("image-only", str(tmp_path))
     views = image_features.stage_features(data, image_size=64, cache_dir=cached[0].parent)
