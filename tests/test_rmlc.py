@@ -14,6 +14,7 @@ from bench.cli import main
 from bench.data import ImageView, MultiLabelData
 from bench.errors import BenchError
 from bench.store import ResultStore
+from bench.torch_utils import validation_split
 
 
 @pytest.fixture(autouse=True)
@@ -221,6 +222,21 @@ def test_fit_records_history_and_per_step_predictions(rmlc):
     np.testing.assert_array_equal(again.predict_scores(test), model.predict_scores(test))  # seeded
 
 
+@pytest.mark.parametrize("monitor, best", [("val_map", max), ("val_bce", min), ("val_ranking_loss", min),
+                                           ("val_micro_f1", max)])
+def test_early_stopping_keeps_the_best_epoch_by_the_monitored_validation_score(rmlc, monitor, best):
+    data = multiview_data()
+    model = rmlc.RMLC(hidden=16, max_epochs=12, patience=3, monitor=monitor, device="cpu").fit(data)
+    scores = [h[monitor] for h in model.history_]
+    assert model.best_epoch_ == 1 + scores.index(best(scores))
+    # It stopped `patience` epochs after that best one, or at max_epochs.
+    assert len(scores) == min(12, model.best_epoch_ + 3)
+    # The weights kept are the best epoch's: the validation part scores as recorded then.
+    _, val = validation_split(data, 0.1, seed=0)
+    assert model._validate(model._to_device(model._inputs(val)), torch.as_tensor(val.Y, dtype=torch.float32),
+                           val.Y)[monitor] == pytest.approx(scores[model.best_epoch_ - 1], rel=1e-5)
+
+
 def test_with_one_modality_RMLC_is_exactly_RMLC_NS(rmlc):
     data = multiview_data(n_views=1)
     kw = dict(hidden=8, max_epochs=3, device="cpu")
@@ -234,7 +250,9 @@ def test_with_one_modality_RMLC_is_exactly_RMLC_NS(rmlc):
 # --------------------------------------------------------------------------- (c) through the harness
 def test_rmlc_and_rmlc_ns_train_through_the_cli_and_beat_chance(tmp_path, capsys):
     rc = main(["run", "--method", "rmlc,rmlc_ns", "--dataset", "tiny", "--folds", "3", "--device", "cpu",
-               "--set", "hidden=32", "--set", "max_epochs=40", "--set", "lr=0.01", "--no-progress"])
+               "--set", "hidden=32", "--set", "max_epochs=40", "--set", "lr=0.01",
+               # 8 validation examples: any ranking criterion is noise there, the BCE is steadier
+               "--set", "monitor=val_bce", "--no-progress"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "rmlc" in out and "rmlc_ns" in out  # two rows of the printed table
@@ -258,7 +276,8 @@ def test_bad_input_gives_one_line_errors(rmlc):
     for bad, match in [(dict(hidden=0), "hidden must be an integer >= 1, got 0"),
                        (dict(batch_size=6.5), "batch_size must be an integer >= 1"),
                        (dict(lam=-1), "lam must be a number >= 0"),
-                       (dict(val_fraction=1.0), r"validation fraction must be in \(0, 1\)")]:
+                       (dict(val_fraction=1.0), r"validation fraction must be in \(0, 1\)"),
+                       (dict(monitor="val_loss"), "monitor must be one of val_map, val_bce, val_hamming_loss")]:
         with pytest.raises(BenchError, match=match):
             rmlc.RMLC(max_epochs=1, **bad).fit(data)
     images = MultiLabelData("pics", {"image": ImageView(array=np.zeros((60, 8, 8), np.uint8))}, data.Y,
