@@ -31,7 +31,7 @@ from bench import plugins
 from bench.api import PER_RUN_PARAMS
 from bench.errors import BenchError
 from bench.metrics import METRIC_SETS, METRICS, direction_arrow
-from bench.report import DDOF, row_label
+from bench.report import DDOF, row_label, select_records
 from bench.store import ResultStore, atomic_write_bytes
 
 MAX_PANELS = 6
@@ -227,9 +227,7 @@ def _by_table(records: list[dict]) -> dict[tuple[str, str, int], list[dict]]:
 
 def make_plots(store: ResultStore, datasets=None, methods=None) -> list[Plot]:
     """Every figure the stored runs support (figures stay open until :func:`close`)."""
-    records = [r for r in store.records()
-               if (not datasets or r["config"]["dataset"] in datasets)
-               and (not methods or r["config"]["method"] in methods)]
+    records = select_records(store, datasets, methods, warn=False)  # the tables have warned
     return convergence_plots(records) + modality_plots(records) + sensitivity_plots(records)
 
 

@@ -22,6 +22,8 @@ in a test fold (see :mod:`bench.metrics`) are summed in a footnote.
 from __future__ import annotations
 
 import json
+import logging
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +31,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.api import EXECUTION_PARAMS, PER_RUN_PARAMS
+from bench.errors import BenchError
 from bench.metrics import METRIC_SETS, METRICS, direction_arrow
 from bench.store import ResultStore, atomic_write_bytes
+
+log = logging.getLogger(__name__)
 
 DDOF = 1
 DECIMALS = 3
@@ -413,10 +419,54 @@ def write_tables(tables: Iterable[Table], out_dir: Path, formats=("md", "latex")
     return written
 
 
-def select_records(store: ResultStore, datasets=None, methods=None) -> list[dict]:
-    return [r for r in store.records()
-            if (not datasets or r["config"]["dataset"] in datasets)
-            and (not methods or r["config"]["method"] in methods)]
+def select_records(store: ResultStore, datasets=None, methods=None, warn: bool = True) -> list[dict]:
+    """The stored runs of ``datasets`` x ``methods`` (all when None) made with the current defaults."""
+    return current_records([r for r in store.records()
+                            if (not datasets or r["config"]["dataset"] in datasets)
+                            and (not methods or r["config"]["method"] in methods)], warn)
+
+
+def stale_keys(record: dict) -> list[str]:
+    """The hyper-parameters in which a stored run differs from the job `bench run` would run today
+    for the same method and overrides (a default changed since, or a parameter came or went);
+    empty when it is current, or when its method is not installed here (nothing to compare)."""
+    from bench import plugins
+    from bench.runner import resolve_params
+
+    cfg = record["config"]
+    if "params" not in cfg:  # a hand-made record: nothing to compare
+        return []
+    try:
+        cls = plugins.get("methods", cfg["method"])
+    except BenchError:
+        return []
+    params, _ = resolve_params(cls, record.get("overrides") or {})
+    skip = EXECUTION_PARAMS | PER_RUN_PARAMS
+    # Through JSON like the stored record (tuples become lists).
+    expected = json.loads(json.dumps({k: v for k, v in params.items() if k not in skip}, default=repr))
+    stored = {k: v for k, v in cfg["params"].items() if k not in skip}
+    missing = object()
+    return sorted(k for k in expected.keys() | stored.keys() if expected.get(k, missing) != stored.get(k, missing))
+
+
+def current_records(records: Iterable[dict], warn: bool = True) -> list[dict]:
+    """``records`` without the stale ones (:func:`stale_keys`), so that a table row never averages
+    runs of two configurations; one warning says what was left out (the files stay in the store)."""
+    kept, stale = [], defaultdict(set)
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for rec in records:
+        keys = stale_keys(rec)
+        if not keys:
+            kept.append(rec)
+            continue
+        where = (rec["config"]["method"], rec["config"]["dataset"])
+        stale[where].update(keys)
+        counts[where] += 1
+    if stale and warn:
+        what = "; ".join(f"{counts[w]} of {w[0]} on {w[1]} ({', '.join(sorted(stale[w]))})" for w in sorted(stale))
+        log.warning("left out stored runs made with other hyper-parameters than the current defaults: %s; "
+                    "they stay in the store; `bench run` the same command again for current ones", what)
+    return kept
 
 
 def write_reports(store: ResultStore, out_dir: Path, formats=("md", "latex"), datasets=None, methods=None,

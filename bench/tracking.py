@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.api import PER_RUN_PARAMS
-from bench.report import DDOF, row_label
+from bench.report import DDOF, current_records, row_label
 from bench.store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -334,7 +334,7 @@ class Tracker:
             pairs = sorted({(r["config"]["dataset"], r["config"]["method"]) for r in records})
         groups: dict[str, list[dict]] = defaultdict(list)
         for dataset, method in pairs:
-            for rec in store.records(dataset, method):
+            for rec in current_records(store.records(dataset, method), warn=False):
                 if wanted is None or group_id(rec) in wanted:
                     groups[group_id(rec)].append(rec)
         counts = {"jobs_logged": 0, "parents_updated": 0}

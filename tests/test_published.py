@@ -170,15 +170,20 @@ def test_harness_method_mapping():
 
 
 def test_cli_report_with_paper_prints_published_rows_beside_ours(tmp_path, capsys):
+    from bench import plugins
+    from bench.api import EXECUTION_PARAMS
     from bench.cli import main
+    from bench.runner import resolve_params
     from bench.store import ResultStore
 
     store = ResultStore(tmp_path / "results")
     for method, hamming in [("rmlc", 0.07), ("br", 0.12)]:
+        params = {k: v for k, v in resolve_params(plugins.get("methods", method), {})[0].items()
+                  if k not in EXECUTION_PARAMS}  # the current defaults, as `bench run` stores them
         for fold in range(2):
             store.write({"job_id": f"{method}-{fold}", "overrides": {}, "timings": {}, "undefined": {},
                          "config": {"dataset": "ml2000", "method": method, "protocol": "kfold", "n_folds": 2,
-                                    "fold": fold, "seed": 0, "params": {}},
+                                    "fold": fold, "seed": 0, "params": params},
                          "metrics": {"hamming_loss": hamming, "micro_f1": 0.8}}, {"scores": np.zeros(1)})
     code = main(["--results", str(tmp_path / "results"), "report", "--no-mlflow", "--out", str(tmp_path / "rep"),
                  "--with-paper", "--format", "md"])

@@ -18,6 +18,7 @@ from bench.report import (
     build_ablation_tables,
     build_per_class_tables,
     build_tables,
+    select_records,
     to_latex,
     to_markdown,
     write_reports,
@@ -196,3 +197,20 @@ def test_reports_are_rebuilt_from_the_store(tmp_path):
     assert "**0.850 ± 0.071**" in written[0].read_text()
     assert tables[0].runs.to_dict() == {"br": 3, "br (C=0.1)": 1, "rmlc": 2, "rmlc_ns": 3}
     assert [t.kind for t in tables] == ["main", "main", "per_class", "ablation", "ablation"]
+
+
+def test_runs_made_with_other_defaults_are_left_out_of_tables_with_a_warning(tmp_path, caplog):
+    """A default changed since a run (here br's max_iter, as after an update of bench) must not be
+    averaged into the same row as runs of the current defaults."""
+    store = ResultStore(tmp_path / "results")
+    current = {"C": 1.0, "max_iter": 1000, "standardize": True, "random_state": 0}
+    runs = [({}, current), ({}, {**current, "max_iter": 500}), ({}, {**current, "solver": "old"}),
+            ({"C": 0.1}, {**current, "C": 0.1}), ({"C": 0.1}, current)]
+    for fold, (overrides, params) in enumerate(runs):
+        rec = record("br", fold, 0.1, 0.5, overrides=overrides)
+        rec["config"]["params"] = params
+        store.write(rec, {"scores": np.zeros(1)})
+    with caplog.at_level("WARNING", logger="bench.report"):
+        kept = select_records(store)
+    assert sorted(r["config"]["fold"] for r in kept) == [0, 3]
+    assert "3 of br on toy (C, max_iter, solver)" in caplog.text
