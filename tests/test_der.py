@@ -239,22 +239,13 @@ def test_bad_switches_are_one_line_errors(der):
 
 
 # ---------------------------------------------------------------- through the pipeline (CPU, fast)
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: tiny models on a shared 2-core machine run far faster without spinning."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_run(**overrides):
     params = dict(backbone="small-cnn", pretrained=False, image_size=None, resize=None, batch_size=16,
                   device="cpu", num_workers=0, random_state=0)
     return plugins.get("methods", "der")(**{**params, **overrides})
 
 
-def test_der_trains_on_the_default_dataset_image_view_through_the_cli(tmp_path, one_thread):
+def test_der_trains_on_the_default_dataset_image_view_through_the_cli(tmp_path, one_torch_thread):
     rc = main(["run", "--method", "der", "--dataset", "mnist-mosaic", "--protocol", "holdout", "--seeds", "0",
                "--device", "cpu", "--no-progress", "--no-mlflow", "--set", "backbone=small-cnn",
                "--set", "pretrained=false", "--set", "image_size=none", "--set", "resize=none",
@@ -268,7 +259,7 @@ def test_der_trains_on_the_default_dataset_image_view_through_the_cli(tmp_path, 
     assert 0.0 <= record["metrics"]["mAP"] <= 1.0
 
 
-def test_der_on_the_feature_token_view_learns_and_readouts_share_one_network(one_thread):
+def test_der_on_the_feature_token_view_learns_and_readouts_share_one_network(one_torch_thread):
     data = runner.load_dataset("mnist-mosaic", "unused")
     train, test = data.subset(np.arange(0, 600)), data.subset(np.arange(1600, 2000))
     kwargs = dict(inputs="features", epochs=4, batch_size=32, lr=0.01)

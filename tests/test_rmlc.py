@@ -16,15 +16,7 @@ from bench.errors import BenchError
 from bench.store import ResultStore
 from bench.torch_utils import validation_split
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: a second torch thread only adds synchronisation (tens of times
-    slower on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is fastest
 
 
 @pytest.fixture
