@@ -35,6 +35,7 @@ from bench.report import DDOF, row_label, select_records
 from bench.store import ResultStore, atomic_write_bytes
 
 MAX_PANELS = 6
+MAX_CONVERGENCE_PANELS = 12  # loss terms and every validation curve of a method (RMLC records 11)
 #: Panels for a dataset whose family shows every metric: the ones most papers share.
 DEFAULT_PANELS = ("hamming_loss", "ranking_loss", "average_precision", "example_f1", "micro_f1", "mAP")
 
@@ -139,7 +140,7 @@ def convergence_plots(records: list[dict]) -> list[Plot]:
         frame = _history_frame(recs).replace([np.inf, -np.inf], np.nan).dropna(subset=["value"])
         if frame.empty:
             continue
-        keys = sorted(frame["key"].unique(), key=_curve_order)[:MAX_PANELS + 2]
+        keys = sorted(frame["key"].unique(), key=_curve_order)[:MAX_CONVERGENCE_PANELS]
         fig, axes = _grid(len(keys))
         for ax, curve in zip(axes, keys, strict=True):
             title = curve.removeprefix("val_") + (" (validation)" if curve.startswith("val_") else "")

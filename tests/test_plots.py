@@ -61,6 +61,18 @@ def test_convergence_mean_over_runs_per_epoch_with_std_band(tmp_path):
     plots.close([plot])
 
 
+def test_convergence_shows_every_recorded_curve_of_an_rmlc_history(tmp_path):
+    """RMLC records 3 loss terms and 8 validation curves; the stopping criterion
+    (val_ranking_loss) sorts late and must not be cut off."""
+    keys = ["loss", "bce", "reg", "val_map", "val_bce", "val_hamming_loss", "val_ranking_loss",
+            "val_subset_accuracy", "val_macro_f1", "val_example_f1", "val_micro_f1"]
+    history = [{"epoch": e, **{k: 0.1 * e for k in keys}} for e in (1, 2)]
+    [plot] = plots.convergence_plots(list(stored(tmp_path, [record("a", history=history)]).records()))
+    titles = [ax.get_title() for ax in plot.figure.axes if ax.get_visible()]
+    assert len(titles) == 11 and "ranking_loss (validation)" in titles and titles[0] == "loss"
+    plots.close([plot])
+
+
 def test_no_history_no_convergence_figure(tmp_path):
     store = stored(tmp_path, [record("a"), record("b", fold=1)])
     assert plots.convergence_plots(list(store.records())) == []
