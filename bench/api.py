@@ -10,6 +10,7 @@ ending with ``_``.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import ClassVar
 
@@ -24,6 +25,23 @@ from bench.errors import BenchError
 EXECUTION_PARAMS = frozenset({"device", "num_workers", "verbose"})
 #: Set per job from its seed: they vary within one table row and are not part of its identity.
 PER_RUN_PARAMS = frozenset({"random_state"})
+
+
+def ablation_init(full: type, fixed: dict[str, object]):
+    """An ``__init__`` for an ablation of the method class ``full`` with the ``fixed`` switches set
+    and removed from its hyper-parameters.
+
+    The signature (which scikit-learn's ``get_params`` and the CLI's ``--set`` read) is ``full``'s
+    minus the fixed names, so the ablation's job identity and tables list only what a user can change.
+    """
+    signature = inspect.signature(full.__init__)
+
+    def __init__(self, **params):
+        full.__init__(self, **params, **fixed)
+
+    __init__.__signature__ = signature.replace(
+        parameters=[p for p in signature.parameters.values() if p.name not in fixed])
+    return __init__
 
 
 class Method(BaseEstimator):
@@ -45,7 +63,8 @@ class Method(BaseEstimator):
       for methods whose paper plots a metric against the number of modalities used.
 
     A registered ablation of another method (e.g. ``rmlc_ns`` of ``rmlc``) sets ``ablation_of`` to
-    that method's name, so the report can put the paper's ablations side by side.
+    that method's name, so the report can put the paper's ablations side by side; its constructor
+    is usually :func:`ablation_init` of the full method.
     """
 
     name: ClassVar[str] = ""

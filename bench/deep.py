@@ -74,7 +74,7 @@ from bench.data import FEATURES, IMAGE, MultiLabelData
 from bench.errors import BenchError
 from bench.image import ImageTransform, make_loader, native_size, test_transform, train_transform
 from bench.tokens import DEFAULT_FILE_IMAGE_SIZE, TokenEncoder, build_token_encoder, select_inputs
-from bench.torch_utils import EarlyStopping, torch_device, validation_split
+from bench.torch_utils import EarlyStopping, n_batches, torch_device, validation_split
 from bench.training import LoopConfig, autocast, macro_average_precision, seed_all, train_loop
 
 REQUIRED_PARAMS = ("backbone", "pretrained", "epochs", "batch_size", "lr", "device", "random_state", "verbose")
@@ -220,7 +220,7 @@ class DeepMethod(Method):
 
         optimizer = self.make_optimizer(self.encoder_.backbone_parameters(),
                                         self.encoder_.new_parameters() + list(self.head_.parameters()))
-        steps = -(-train.n_samples // self.batch_size)
+        steps = n_batches(train.n_samples, self.batch_size)
         if self.param("steps_per_epoch"):
             steps = min(steps, int(self.param("steps_per_epoch")))
         scheduler = self.make_scheduler(optimizer, steps)

@@ -31,7 +31,7 @@ from bench import plugins
 from bench.api import PER_RUN_PARAMS
 from bench.errors import BenchError
 from bench.metrics import METRIC_SETS, METRICS, direction_arrow
-from bench.report import DDOF, row_label, select_records
+from bench.report import DDOF, history_points, row_label, select_records, table_slug
 from bench.store import ResultStore, atomic_write_bytes
 
 MAX_PANELS = 6
@@ -55,11 +55,6 @@ class Plot:
 def _table_key(record: dict) -> tuple[str, str, int]:
     cfg = record["config"]
     return cfg["dataset"], cfg["protocol"], int(cfg["n_folds"])
-
-
-def _slug(key: tuple[str, str, int]) -> str:
-    dataset, protocol, n_folds = key
-    return f"{dataset}__{protocol}{n_folds if protocol == 'kfold' else ''}"
 
 
 def _subtitle(key: tuple[str, str, int]) -> str:
@@ -119,13 +114,8 @@ def _label(metric: str) -> str:
 
 # --------------------------------------------------------------------------- convergence
 def _history_frame(records: list[dict]) -> pd.DataFrame:
-    rows = []
-    for rec in records:
-        for i, entry in enumerate(rec.get("history") or []):
-            for key, value in entry.items():
-                if key != "epoch" and isinstance(value, int | float) and not isinstance(value, bool):
-                    rows.append({"row": row_label(rec), "job": rec["job_id"], "epoch": int(entry.get("epoch", i)),
-                                 "key": key, "value": float(value)})
+    rows = [{"row": row_label(rec), "job": rec["job_id"], "epoch": epoch, "key": key, "value": value}
+            for rec in records for key, value, epoch in history_points(rec)]
     return pd.DataFrame(rows, columns=["row", "job", "epoch", "key", "value"])
 
 
@@ -147,7 +137,7 @@ def convergence_plots(records: list[dict]) -> list[Plot]:
             _panel(ax, frame[frame["key"] == curve], "epoch", title, "epoch")
         axes[0].legend(fontsize="small")
         fig.suptitle(f"Convergence — {_subtitle(key)}")
-        plots.append(Plot(f"{_slug(key)}__convergence", key[0], set(frame["row"]), fig))
+        plots.append(Plot(f"{table_slug(*key)}__convergence", key[0], set(frame["row"]), fig))
     return plots
 
 
@@ -166,7 +156,7 @@ def modality_plots(records: list[dict]) -> list[Plot]:
             _panel(ax, frame[frame["metric"] == metric], "t", _label(metric), "modalities used (t)")
         axes[0].legend(fontsize="small")
         fig.suptitle(f"Performance vs. number of modalities — {_subtitle(key)}")
-        plots.append(Plot(f"{_slug(key)}__modalities", key[0], set(frame["row"]), fig))
+        plots.append(Plot(f"{table_slug(*key)}__modalities", key[0], set(frame["row"]), fig))
     return plots
 
 
@@ -213,7 +203,7 @@ def sensitivity_plots(records: list[dict]) -> list[Plot]:
                 ax.set_xlabel(name)
                 ax.grid(alpha=0.3)
             fig.suptitle(f"Sensitivity of {method} to {name} — {_subtitle(key)}")
-            plots.append(Plot(f"{_slug(key)}__sensitivity_{method}_{name}", key[0],
+            plots.append(Plot(f"{table_slug(*key)}__sensitivity_{method}_{name}", key[0],
                               {row_label(r) for r in family}, fig))
     return plots
 

@@ -21,6 +21,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.metrics import METRICS
+from bench.report import md_row
 
 COLUMNS = ("paper", "table", "dataset", "method", "metric", "value", "std")
 KEY = ("paper", "table", "dataset", "method", "metric")
@@ -170,13 +171,13 @@ def paper_comparison(table, published: pd.DataFrame, reference: str | None = Non
     cells = {(r.source, r.row, r.metric): r for r in frame.itertuples(index=False)}
     head = ["Source", "Method", *(table.header(m) for m in metrics), "Δ against"]
     lines = [f"**{table.dataset}: measured (ours) beside the papers' published numbers; "
-             f"Δ = measured − published.**", "", _md(head), _md(["---", "---", *[":-:"] * len(metrics), "---"])]
+             f"Δ = measured − published.**", "", md_row(head), md_row(["---", "---", *[":-:"] * len(metrics), "---"])]
     for source, row, against in order:
         texts = []
         for m in metrics:
             cell = cells.get((source, row, m))
             texts.append("" if cell is None else _comparison_cell(cell, decimals))
-        lines.append(_md([source, row, *texts, against if source != "measured" else ""]))
+        lines.append(md_row([source, row, *texts, against if source != "measured" else ""]))
     return "\n".join(lines) + "\n"
 
 
@@ -187,7 +188,3 @@ def _comparison_cell(cell, decimals: int) -> str:
     if cell.source != "measured" and not np.isnan(cell.delta):
         text += f" (Δ {cell.delta:+.{decimals}f})"
     return text
-
-
-def _md(cells) -> str:
-    return "| " + " | ".join(cells) + " |"

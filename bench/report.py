@@ -53,6 +53,11 @@ PER_CLASS_PREFIX = "ap:"
 MARKS = "best in bold, second underlined"
 
 
+def table_slug(dataset: str, protocol: str, n_folds: int) -> str:
+    """The file stem of a (dataset, protocol) table and its figures: ``yeast__kfold10``."""
+    return f"{dataset}__{protocol}{n_folds if protocol == 'kfold' else ''}"
+
+
 @dataclass(frozen=True)
 class Table:
     """The aggregated numbers of one table, and how to present them.
@@ -81,8 +86,7 @@ class Table:
     def slug(self) -> str:
         if self.name:
             return self.name
-        suffix = f"{self.n_folds}" if self.protocol == "kfold" else ""
-        base = f"{self.dataset}__{self.protocol}{suffix}"
+        base = table_slug(self.dataset, self.protocol, self.n_folds)
         return {"main": base, "per_class": f"{base}__per_class_ap",
                 "ablation": f"{base}__ablation_{self.family}"}.get(self.kind, base)
 
@@ -117,6 +121,13 @@ def row_label(record: dict) -> str:
     if not overrides:
         return record["config"]["method"]
     return f"{record['config']['method']} ({', '.join(f'{k}={v}' for k, v in sorted(overrides.items()))})"
+
+
+def history_points(record: dict) -> list[tuple[str, float, int]]:
+    """(key, value, epoch) for every numeric entry of a record's per-epoch ``history``."""
+    return [(key, float(value), int(entry.get("epoch", i)))
+            for i, entry in enumerate(record.get("history") or []) for key, value in entry.items()
+            if key != "epoch" and isinstance(value, int | float) and not isinstance(value, bool)]
 
 
 def records_frame(records) -> pd.DataFrame:

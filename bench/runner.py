@@ -359,6 +359,11 @@ def run_jobs(jobs: list[Job], *, device: str = "auto", n_jobs: int = 1, force: b
     return RunSummary(done + [r for r in results if "error" not in r], len(pending), len(done), failures)
 
 
+def _one_device(device: str) -> str:
+    """The device one in-process job uses: plain "cuda" means the first GPU."""
+    return "cuda:0" if device == "cuda" else device
+
+
 def _with_derived_views(pending: list[Job], device: str) -> list[Job]:
     """Extract the derived feature views of each image-only dataset once, here, before any worker
     starts (feature-only methods on image datasets), and hand the jobs the cache file."""
@@ -371,8 +376,7 @@ def _with_derived_views(pending: list[Job], device: str) -> list[Job]:
             continue
         key = (job.data_root, job.dataset, job.store_root)
         if key not in files:
-            extract_on = "cuda:0" if device == "cuda" else device
-            files[key] = str(image_features.cache_views(data, job.store_root, extract_on))
+            files[key] = str(image_features.cache_views(data, job.store_root, _one_device(device)))
         out.append(replace(job, views_file=files[key]))
     return out
 
@@ -393,7 +397,7 @@ def _dispatch(pending: list[Job], device: str, n_jobs: int, progress: bool, on_r
             on_record(record)
 
     if n_jobs == 1:
-        tokens: object = "cuda:0" if device == "cuda" else device
+        tokens: object = _one_device(device)
         for job in pending:
             finished(_execute_safely(job, tokens))
         bar.close()

@@ -200,38 +200,38 @@ def leaderboard_table(tests: list[MetricTest]) -> Table:
     )
 
 
-def wilcoxon_markdown(tests: list[MetricTest]) -> str:
-    """One line per (metric, pair): statistic, p, Holm-adjusted p, better row, wins."""
-    lines = [f"**Table: Wilcoxon signed-rank tests over datasets for each pair (zero differences split; "
-             f"p-values Holm-corrected over the pairs of each metric; * p_Holm < {ALPHA:g}).**", "",
-             md_row(["Metric", "Pair", "N", "W", "p", "p (Holm)", "Better (wins)"]),
-             md_row(["---", "---", ":-:", ":-:", ":-:", ":-:", "---"])]
+WILCOXON_CAPTION = (f"Wilcoxon signed-rank tests over datasets for each pair (zero differences split; "
+                    f"p-values Holm-corrected over the pairs of each metric; * p_Holm < {ALPHA:g}).")
+WILCOXON_HEADER = ["Metric", "Pair", "N", "W", "p", "p (Holm)", "Better (wins)"]
+
+
+def _wilcoxon_rows(tests: list[MetricTest]) -> list[list[str]]:
+    """One row per (metric, pair): statistic, p, Holm-adjusted p (starred when significant), better row, wins."""
+    rows = []
     for t in tests:
         for r in t.wilcoxon.itertuples(index=False):
             star = "*" if r.p_holm < ALPHA else ""
-            lines.append(md_row([METRICS[t.metric].label, f"{r.a} vs {r.b}", str(t.n_datasets),
-                                 "–" if np.isnan(r.statistic) else f"{r.statistic:g}", _p(r.p),
-                                 _p(r.p_holm) + star, f"{r.better} ({r.wins_a}:{r.wins_b})"]))
-    if len(lines) == 4:
+            rows.append([METRICS[t.metric].label, f"{r.a} vs {r.b}", str(t.n_datasets),
+                         "–" if np.isnan(r.statistic) else f"{r.statistic:g}", _p(r.p), _p(r.p_holm) + star,
+                         f"{r.better} ({r.wins_a}:{r.wins_b})"])
+    return rows
+
+
+def wilcoxon_markdown(tests: list[MetricTest]) -> str:
+    rows = _wilcoxon_rows(tests)
+    lines = [f"**Table: {WILCOXON_CAPTION}**", "", md_row(WILCOXON_HEADER),
+             md_row(["---", "---", ":-:", ":-:", ":-:", ":-:", "---"]), *map(md_row, rows)]
+    if not rows:
         lines.append("_No pair could be tested: " + "; ".join(t.summary() for t in tests) + "_")
     return "\n".join(lines) + "\n"
 
 
 def wilcoxon_latex(tests: list[MetricTest]) -> str:
-    rows = []
-    for t in tests:
-        for r in t.wilcoxon.itertuples(index=False):
-            star = "*" if r.p_holm < ALPHA else ""
-            cells = [METRICS[t.metric].label, f"{r.a} vs {r.b}", str(t.n_datasets),
-                     "–" if np.isnan(r.statistic) else f"{r.statistic:g}", _p(r.p), _p(r.p_holm) + star,
-                     f"{r.better} ({r.wins_a}:{r.wins_b})"]
-            rows.append(" & ".join(latex_escape(c) for c in cells) + r" \\")
-    caption = (f"Wilcoxon signed-rank tests over datasets for each pair (zero differences split; p-values "
-               f"Holm-corrected over the pairs of each metric; * p_Holm < {ALPHA:g}).")
+    rows = [" & ".join(latex_escape(c) for c in cells) + r" \\" for cells in _wilcoxon_rows(tests)]
     return "\n".join([
-        r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(caption)}}}", r"\label{tab:leaderboard\_wilcoxon}",
-        r"\begin{tabular}{llccccl}", r"\toprule",
-        r"Metric & Pair & N & W & p & p (Holm) & Better (wins) \\", r"\midrule", *rows,
+        r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(WILCOXON_CAPTION)}}}",
+        r"\label{tab:leaderboard\_wilcoxon}", r"\begin{tabular}{llccccl}", r"\toprule",
+        " & ".join(WILCOXON_HEADER) + r" \\", r"\midrule", *rows,
         r"\bottomrule", r"\end{tabular}", r"\end{table}",
     ]) + "\n"
 

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.api import PER_RUN_PARAMS
-from bench.report import DDOF, current_records, row_label
+from bench.report import DDOF, current_records, history_points, row_label
 from bench.store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -117,13 +117,7 @@ def aggregate(records: list[dict]) -> dict[str, float]:
 
 def history_metrics(record: dict) -> list[tuple[str, float, int]]:
     """(key, value, epoch) for every numeric entry of the record's per-epoch history."""
-    out = []
-    for i, entry in enumerate(record.get("history") or []):
-        epoch = int(entry.get("epoch", i))
-        for key, value in entry.items():
-            if key != "epoch" and isinstance(value, int | float) and not isinstance(value, bool):
-                out.append((metric_key(key), float(value), epoch))
-    return out
+    return [(metric_key(key), value, epoch) for key, value, epoch in history_points(record)]
 
 
 def step_metrics(record: dict) -> list[tuple[str, float, int]]:

@@ -74,12 +74,11 @@ cache and, in practice, a GPU; on the default ``mnist-mosaic`` use e.g. ``--set 
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.api import ablation_init
 from bench.deep import DeepMethod
 from bench.errors import BenchError
 from bench.tokens import TokenEncoder
@@ -273,28 +272,13 @@ class DER(DeepMethod):
 
 
 # ----------------------------------------------------------------------------- ablations
-def _ablation(fixed: dict[str, object]):
-    """An ``__init__`` for a variant of DER with ``fixed`` switches removed from its hyper-parameters.
-
-    The signature (which scikit-learn's ``get_params`` and the CLI's ``--set`` read) is DER's minus
-    the fixed names, so the variant's job identity and tables list only what it lets a user change.
-    """
-    base = inspect.signature(DER.__init__)
-
-    def __init__(self, **params):
-        DER.__init__(self, **params, **fixed)
-
-    __init__.__signature__ = base.replace(parameters=[p for p in base.parameters.values() if p.name not in fixed])
-    return __init__
-
-
 class DERBaseline(DER):
     """Table IV/V "ResNet-101 (Baseline)": global max pooling + FC, no CADM stream, BCE only."""
 
     name = "der_baseline"
     ablation_of = "der"
     citation = DER.citation + "; ablation: baseline (Table IV)"
-    __init__ = _ablation({"disentangle": False, "alpha": 0.0, "beta": 0.0})
+    __init__ = ablation_init(DER, {"disentangle": False, "alpha": 0.0, "beta": 0.0})
 
 
 class DERDisentangle(DER):
@@ -303,7 +287,7 @@ class DERDisentangle(DER):
     name = "der_disentangle"
     ablation_of = "der"
     citation = DER.citation + "; ablation: + disentangle (Table IV)"
-    __init__ = _ablation({"alpha": 0.0, "beta": 0.0})
+    __init__ = ablation_init(DER, {"alpha": 0.0, "beta": 0.0})
 
 
 class DEREmbed(DER):
@@ -312,7 +296,7 @@ class DEREmbed(DER):
     name = "der_embed"
     ablation_of = "der"
     citation = DER.citation + "; ablation: + disentangle + embed (Table IV)"
-    __init__ = _ablation({"beta": 0.0})
+    __init__ = ablation_init(DER, {"beta": 0.0})
 
 
 class DERFirst(DER):
@@ -321,7 +305,7 @@ class DERFirst(DER):
     name = "der_first"
     ablation_of = "der"
     citation = DER.citation + "; ablation: first-stream confidence (Table V)"
-    __init__ = _ablation({"prediction": "first"})
+    __init__ = ablation_init(DER, {"prediction": "first"})
 
 
 class DERSecond(DER):
@@ -330,4 +314,4 @@ class DERSecond(DER):
     name = "der_second"
     ablation_of = "der"
     citation = DER.citation + "; ablation: second-stream confidence (Table V)"
-    __init__ = _ablation({"prediction": "second"})
+    __init__ = ablation_init(DER, {"prediction": "second"})

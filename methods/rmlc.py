@@ -92,7 +92,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.api import Method
+from bench.api import Method, ablation_init
 from bench.data import FEATURES, MultiLabelData
 from bench.errors import BenchError
 from bench.metrics import LOWER_IS_BETTER, METRIC_SETS, evaluate
@@ -375,19 +375,4 @@ class RMLC_NS(RMLC):
     name = "rmlc_ns"
     ablation_of = "rmlc"
     citation = RMLC.citation + "; ablation RMLC_NS (Table IV)"
-    label_correlation = False  # fixed: not a hyper-parameter of the ablation
-
-    def __init__(self, lam: float = 0.1, batch_size: int = 64, hidden: int = 256, lr: float = 1e-3,
-                 max_epochs: int = 100, early_stopping: bool = True, val_fraction: float = 0.1,
-                 patience: int = 10, monitor: str = "val_ranking_loss", random_state: int = 0, device: str = "auto"):
-        self.lam = lam
-        self.batch_size = batch_size
-        self.hidden = hidden
-        self.lr = lr
-        self.max_epochs = max_epochs
-        self.early_stopping = early_stopping
-        self.val_fraction = val_fraction
-        self.patience = patience
-        self.monitor = monitor
-        self.random_state = random_state
-        self.device = device
+    __init__ = ablation_init(RMLC, {"label_correlation": False})  # fixed: not a hyper-parameter here
