@@ -18,6 +18,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.error import URLError
 
 from bench import plugins
 from bench.errors import BenchError
@@ -69,10 +70,11 @@ def fetch(name: str, data_root: Path, *, keep_archives: bool = True) -> list[Pat
         except RuntimeError as exc:  # torchvision's message for a checksum mismatch
             raise BenchError(f"{target / archive.filename}: download from {archive.url} failed its MD5 "
                              f"check (expected {archive.md5}): {exc}") from None
-        except OSError as exc:  # URLError (offline, DNS, refused) is an OSError
-            reason = getattr(exc, "reason", None) or exc
-            raise BenchError(f"cannot download {archive.url} ({reason}); are you offline? Put the "
+        except URLError as exc:  # offline, DNS, connection refused
+            raise BenchError(f"cannot download {archive.url} ({exc.reason}); are you offline? Put the "
                              f"files under {data_root} by hand (README, 'Datasets')") from None
+        except OSError as exc:  # disk full, no permission: writing or extracting, not the network
+            raise BenchError(f"{target / archive.filename}: cannot write or extract ({exc})") from None
         except Exception as exc:  # a corrupt archive: tarfile/zipfile errors
             raise BenchError(f"{target / archive.filename}: cannot extract ({type(exc).__name__}: {exc})") from None
         extracted.append(target)

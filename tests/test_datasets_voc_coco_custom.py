@@ -487,6 +487,20 @@ def test_fetch_offline_is_one_clear_line(tmp_path, isolated, capsys):
     assert err.startswith("bench: error: cannot download http://127.0.0.1:9/") and "\n" not in err
 
 
+def test_fetch_disk_errors_are_not_blamed_on_the_network(tmp_path, isolated, monkeypatch):
+    import torchvision.datasets.utils
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", disk_full)
+    _fetch_plugin(isolated, "http://127.0.0.1:9/VOCtrainval.tar", "0" * 32)
+    with pytest.raises(BenchError) as excinfo:
+        fetch("fetchable", tmp_path / "data")
+    one_line_error(excinfo, "cannot write or extract", "No space left on device")
+    assert "offline" not in str(excinfo.value)
+
+
 def test_fetch_refuses_embedded_and_download_less_datasets(capsys):
     assert main(["fetch", "yeast"]) == 2 and "embedded" in capsys.readouterr().err
     assert main(["fetch", "custom-views"]) == 2 and "no public download" in capsys.readouterr().err
