@@ -29,6 +29,7 @@ import torch
 
 from bench import plugins
 from bench.data import MultiLabelData
+from bench.metrics import evaluate
 from bench.protocols import make_splits
 
 DIMS = [256, 225, 64, 144, 75, 128, 7]
@@ -79,8 +80,7 @@ def main() -> None:
         start = time.perf_counter()
         pred = model.predict(test)
         predict_s = time.perf_counter() - start
-        tp = float((pred & test.Y).sum())
-        micro_f1 = 2 * tp / max(float(pred.sum() + test.Y.sum()), 1.0)
+        micro_f1 = evaluate(test.Y, model.predict_scores(test), pred)["micro_f1"]
         total += fit_s + predict_s
         print(f"{k:>4} {train.n_samples:>8} {fit_s:>8.2f} {fit_s / args.epochs:>8.3f} {predict_s:>10.3f} {micro_f1:>9.3f}")
     print(f"total for {len(splits)} fold(s): {total:.1f} s; projected 10 folds: {total / len(splits) * 10:.1f} s")

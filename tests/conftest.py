@@ -1,8 +1,13 @@
-"""Shared fixtures: isolated results/reports folders and a user plug-in folder with a tiny dataset."""
+"""Shared fixtures: isolated results/reports folders and a user plug-in folder with a tiny dataset;
+shared checks: golden files, LaTeX shape, a plug-in's module."""
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,3 +78,36 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def plugin_module(kind: str, name: str):
+    """The module of a plug-in (imported by the plug-in loader under a private name)."""
+    return sys.modules[plugins.get(kind, name).__module__]
+
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("BENCH_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} differs from the golden file"
+
+
+def check_latex_shape(tex: str) -> None:
+    """Compile-shaped: balanced braces and math, booktabs rules in order, escaped specials."""
+    body = tex.replace(r"\{", "").replace(r"\}", "")
+    depth = 0
+    for ch in body:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        assert depth >= 0, "a } closes nothing"
+    assert depth == 0, "unbalanced braces"
+    assert tex.replace(r"\$", "").count("$") % 2 == 0
+    assert tex.index(r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule")
+    assert tex.count(r"\begin{") == tex.count(r"\end{")
+    assert not re.search(r"(?<!\\)[_%#]", re.sub(r"\\label\{[^}]*\}", "", tex)), "unescaped special character"
+    n_columns = len(re.search(r"\\begin\{tabular\}\{([lcr]+)\}", tex)[1])
+    rows = [line for line in tex.splitlines() if line.endswith(r"\\")]
+    assert rows and all(len(re.findall(r"(?<!\\)&", line)) == n_columns - 1 for line in rows)
+    assert tex.isascii(), "a character LaTeX's default input encoding may not know (escape it)"

@@ -7,11 +7,11 @@ the tests themselves on a machine without a GPU (every comparison is then CPU ag
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import plugin_module
 
 from bench import image_features, plugins, runner
 from bench.cli import main
@@ -24,17 +24,13 @@ pytestmark = [
 ]
 
 
-def plugin_module(name: str):
-    return sys.modules[plugins.get("methods", name).__module__]
-
-
 def mosaic(n: int):
     data = runner.load_dataset("mnist-mosaic", "unused")
     return data.subset(np.arange(n))
 
 
 def test_rmlc_forward_on_the_device_matches_the_cpu():
-    rmlc = plugin_module("rmlc")
+    rmlc = plugin_module("methods", "rmlc")
     cpu = rmlc.RMLCNet([5, 7, 3], 16, 4, True, torch.Generator().manual_seed(0))
     with torch.no_grad():
         cpu.S.normal_(generator=torch.Generator().manual_seed(1))
@@ -49,7 +45,7 @@ def test_rmlc_forward_on_the_device_matches_the_cpu():
 
 def test_rmlc_trains_on_the_device_and_stays_there():
     data = mosaic(400)
-    model = plugin_module("rmlc").RMLC(hidden=32, max_epochs=3, device=DEVICE).fit(data.subset(np.arange(300)))
+    model = plugin_module("methods", "rmlc").RMLC(hidden=32, max_epochs=3, device=DEVICE).fit(data.subset(np.arange(300)))
     assert model.device_.type == torch.device(DEVICE).type
     assert all(p.device.type == model.device_.type for p in model.net_.parameters())
     assert all(np.isfinite(h["loss"]) and np.isfinite(h["val_ranking_loss"]) for h in model.history_)

@@ -9,6 +9,7 @@ import io
 import numpy as np
 import pytest
 import scipy.io
+from conftest import plugin_module
 from PIL import Image
 
 from bench import plugins
@@ -57,7 +58,7 @@ def test_plugins_registered():
 # ======================================================================== NUS-WIDE
 NUS = DATASETS["nus-wide"]
 NUS_FEATURES = DATASETS["nus-wide-features"]
-CONCEPTS = __import__("sys").modules[NUS.__module__].CONCEPTS
+CONCEPTS = plugin_module("datasets", "nus-wide").CONCEPTS
 VIEW_DIMS = {"CH": 64, "CORR": 144, "EDH": 73, "WT": 128, "CM55": 225, "BoW": 500}
 TRAIN = [f"actor\\{i:04d}_{1000 + i}.jpg" for i in range(6)] + ["beach\\0001_77.jpg"]
 TEST = [f"beach\\{i:04d}_{2000 + i}.jpg" for i in range(2, 6)]
@@ -196,7 +197,7 @@ def test_nus_wide_all_labels_needs_the_full_list(tmp_path):
 
 # ======================================================================= MIRFLICKR
 MIR = DATASETS["mirflickr"]
-MIR_MODULE = __import__("sys").modules[MIR.__module__]
+MIR_MODULE = plugin_module("datasets", "mirflickr")
 N_MIR = 12
 Y_POTENTIAL = (RNG.random((N_MIR, 24)) < 0.3).astype(np.uint8)
 Y_POTENTIAL[0] = 0  # an image without any label stays (RETDM counts all 25,000)

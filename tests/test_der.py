@@ -5,11 +5,11 @@ harness on the default dataset (image view with the small CNN, and the feature-t
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import plugin_module
 
 from bench import plugins, runner
 from bench.cli import main
@@ -20,7 +20,7 @@ from bench.store import ResultStore
 @pytest.fixture
 def der():
     """The plug-in module (imported by the plug-in loader under a private name)."""
-    return sys.modules[plugins.get("methods", "der").__module__]
+    return plugin_module("methods", "der")
 
 
 # ---------------------------------------------------------------- readable references (one image)

@@ -7,12 +7,9 @@ intended change: ``BENCH_UPDATE_GOLDEN=1 pytest tests/test_report.py`` and revie
 
 from __future__ import annotations
 
-import os
-import re
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import check_golden, check_latex_shape
 
 from bench.report import (
     build_ablation_tables,
@@ -25,7 +22,6 @@ from bench.report import (
 )
 from bench.store import ResultStore
 
-GOLDEN = Path(__file__).parent / "golden"
 METRIC_SETS = {"toy": "all", "toy2": "all", "vocish": "voc"}
 ABLATION_OF = {"rmlc_ns": "rmlc"}
 
@@ -61,31 +57,6 @@ PER_CLASS = [
     record("c", 0, 0.1, 0.50, dataset="vocish", ap=[0.6, 0.4, 0.6], labels=LABELS),
     record("c", 1, 0.1, 0.50, dataset="vocish", ap=[0.6, 0.4, 0.6], labels=LABELS),
 ]
-
-
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("BENCH_UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert text == path.read_text(), f"{name} differs from the golden file"
-
-
-def check_latex_shape(tex: str) -> None:
-    """Compile-shaped: balanced braces and math, booktabs rules in order, escaped specials."""
-    body = tex.replace(r"\{", "").replace(r"\}", "")
-    depth = 0
-    for ch in body:
-        depth += {"{": 1, "}": -1}.get(ch, 0)
-        assert depth >= 0, "a } closes nothing"
-    assert depth == 0, "unbalanced braces"
-    assert tex.replace(r"\$", "").count("$") % 2 == 0
-    assert tex.index(r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule")
-    assert tex.count(r"\begin{") == tex.count(r"\end{")
-    assert not re.search(r"(?<!\\)[_%#]", re.sub(r"\\label\{[^}]*\}", "", tex)), "unescaped special character"
-    n_columns = len(re.search(r"\\begin\{tabular\}\{([lcr]+)\}", tex)[1])
-    rows = [line for line in tex.splitlines() if line.endswith(r"\\")]
-    assert rows and all(len(re.findall(r"(?<!\\)&", line)) == n_columns - 1 for line in rows)
-    assert tex.isascii(), "a character LaTeX's default input encoding may not know (escape it)"
 
 
 def test_markdown_golden():

@@ -3,11 +3,10 @@ per-step updates, training through the harness, and one-line errors for bad inpu
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 import torch
+from conftest import plugin_module
 
 from bench import plugins
 from bench.cli import main
@@ -22,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thr
 @pytest.fixture
 def rmlc():
     """The plug-in module (imported by the plug-in loader under a private name)."""
-    return sys.modules[plugins.get("methods", "rmlc").__module__]
+    return plugin_module("methods", "rmlc")
 
 
 def tiny_net(rmlc, label_correlation=True, dims=(2, 3, 4), hidden=5, n_labels=3, seed=0):
@@ -49,15 +48,10 @@ def sigmoid(v):
 def reference(net, xs, y, lam, label_correlation):
     """Eqs. 1-6 written out per example, with the paper's full matrices W_i, W_f, W_c, W_o built from
     the network's parameters. Returns F^t [M, B, L] and the losses L^t [M]."""
-    p = {k: v.detach().numpy() for k, v in net.named_parameters()}
+    p = {k: v.detach().numpy() for k, v in literal_parameters(net).items()}
     h, dims, M = net.hidden, [x.shape[1] for x in xs], len(xs)
-    w_x = np.concatenate([p[f"w_x.{m}"] for m in range(M)], axis=1)    # [4h, D]: W acting on X̂
-    rows = {g: slice(k * h, (k + 1) * h) for k, g in enumerate("ifco")}
-    W_i = np.concatenate([w_x[rows["i"]], p["w_h"][rows["i"]], p["w_c"][:h]], axis=1)   # on [X̂, h, c^{t-1}]
-    W_f = np.concatenate([w_x[rows["f"]], p["w_h"][rows["f"]], p["w_c"][h:]], axis=1)   # on [X̂, h, c^{t-1}]
-    W_c = np.concatenate([w_x[rows["c"]], p["w_h"][rows["c"]]], axis=1)                  # on [X̂, h]
-    W_o = np.concatenate([w_x[rows["o"]], p["w_h"][rows["o"]], p["w_co"]], axis=1)      # on [X̂, h, c^t]
-    b = {g: p["bias"][rows[g]] for g in "ifco"}
+    W_i, W_f, W_c, W_o = p["W_i"], p["W_f"], p["W_c"], p["W_o"]  # on [X̂, h, c^{t-1}] / same / [X̂, h] / [X̂, h, c^t]
+    b = {g: p[f"b_{g}"] for g in "ifco"}
     S = p["S"]
     n, L = y.shape
     F_all = np.zeros((M, n, L))
@@ -73,14 +67,14 @@ def reference(net, xs, y, lam, label_correlation):
             h_t = o_g * np.tanh(c)
             stacked.append(h_t)
             H = np.concatenate(stacked)                                                           # H^t
-            f_spec = p[f"heads.{t}.weight"] @ H + p[f"heads.{t}.bias"]                           # Eq. 3
+            f_spec = p[f"U{t}"] @ H + p[f"b{t}"]                                                   # Eq. 3
             Z = sigmoid(f_spec + Z_prev @ S) if label_correlation else sigmoid(f_spec)            # Eq. 4
             for k in range(L):                                                                    # Eq. 5
                 losses[t] -= y[i, k] * np.log(Z[k]) + (1 - y[i, k]) * np.log(1 - Z[k])
             F_all[t, i] = Z
             h_prev, c_prev, Z_prev = h_t, c, Z
     for t in range(M):                                                                            # Eq. 6
-        losses[t] += lam * np.sum(p[f"heads.{t}.weight"] ** 2)
+        losses[t] += lam * np.sum(p[f"U{t}"] ** 2)
     return F_all, losses
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import check_golden, check_latex_shape
 from statsmodels.stats.multitest import multipletests
 
 from bench.report import Table, to_latex, to_markdown
@@ -146,7 +147,6 @@ def test_leaderboard_table_golden(tmp_path):
     md = to_markdown(table)
     # ranks: a 3,3,3 -> 3.000; b 2,1,2 -> 1.667; c 1,2,1 -> 1.333 (lower is better)
     assert "| c | **1.333** |" in md and "| b | <u>1.667</u> |" in md and "| a | 3.000 |" in md
-    from test_report import check_golden, check_latex_shape
 
     check_golden("leaderboard.md", md)
     check_golden("leaderboard_wilcoxon.md", wilcoxon_markdown(tests))
