@@ -17,7 +17,7 @@ from bench.data import ImageView, MultiLabelData
 from bench.errors import BenchError
 from bench.metrics import METRIC_SETS
 
-DATASETS = plugins.load("datasets")
+DATASETS = {name: plugins.get("datasets", name) for name in plugins.load("datasets")}
 RNG = np.random.default_rng(1)
 
 
