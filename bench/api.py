@@ -100,6 +100,8 @@ class Dataset:
     Subclasses set ``name``, ``protocol`` (``"kfold"``, ``"official"`` or ``"holdout"``, the
     papers' protocol for this dataset), ``citation`` and ``description``, and implement
     :meth:`load`. Datasets whose files must be provided by the user override :meth:`is_available`.
+    These class attributes are plain values (literals, constants), so that the plug-in registry
+    can read them from the file without importing it (:mod:`bench.plugins`).
     """
 
     name: ClassVar[str] = ""
@@ -110,6 +112,10 @@ class Dataset:
     embedded: ClassVar[bool] = False
     #: The metric columns of its papers' tables: a key of ``bench.metrics.METRIC_SETS``.
     metric_set: ClassVar[str] = "all"
+    #: The hyper-parameters its scale calls for (``{"backbone": "small-cnn", "epochs": 20}``; keys
+    #: ``name`` or ``method.name`` as in ``--set``): applied to a method only for parameters it has
+    #: and the user did not ``--set``; ``bench run --paper-defaults`` leaves them out (bench.params).
+    scale_defaults: ClassVar[dict] = {}
 
     def load(self, data_root: Path) -> MultiLabelData:
         raise NotImplementedError

@@ -4,15 +4,18 @@ A frozen ImageNet backbone looks at every image once (test transform: the whole 
 ``image_size``); the feature map of each *stage* (consecutive layers at one resolution, see
 :class:`bench.backbones.Backbone`) is global-average-pooled into one vector, and each stage becomes
 one feature view ``"<backbone>/stage<k>"`` (low-level to high-level: the "modalities" of a
-multi-view method). The default extractor is EfficientNet-Lite0 at 224 px, the one ImageNet CNN
-available offline (5 stages: 16, 24, 40, 112 and 1280 values); ``BENCH_FEATURE_BACKBONE`` and
-``BENCH_FEATURE_SIZE`` choose another (e.g. ``resnet101`` and 448 when its weights are cached).
+multi-view method). The default :class:`Extractor` is EfficientNet-Lite0 at 224 px, the one
+ImageNet CNN available offline (5 stages: 16, 24, 40, 112 and 1280 values); ``bench run
+--feature-extractor resnet101@448`` chooses another (when its weights are cached). The extractor
+is part of the job's identity (its data fingerprint ends in ``+<backbone>@<size>``).
 
 The views are cached on disk (``.npz``, written atomically) under ``<results>/_cache/
 image_features/``; the key hashes the backbone name, its weights id, the transform and the dataset
 (its fingerprint plus a digest of the pixels or of the files' paths, sizes and modification times),
-so any change re-extracts. The runner calls :func:`prepare` before a job: it replaces the image view
-by the derived views when the method reads features only and the dataset has none.
+so any change re-extracts. The runner uses three functions: :func:`plan` when it builds the jobs
+(which extractor, if any, a method needs on a dataset), :func:`cache_views` once per dataset
+before it dispatches them, and :func:`with_views` in the worker, which swaps the image view for
+the cached feature views.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import io
 import json
 import logging
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,15 +44,23 @@ DEFAULT_IMAGE_SIZE = 224
 CACHE_SUBDIR = Path("_cache") / "image_features"
 
 
-def extractor_config() -> tuple[str, int]:
-    """(backbone name, image side) of the feature extractor, from the environment or the defaults."""
-    name = os.environ.get("BENCH_FEATURE_BACKBONE", DEFAULT_BACKBONE)
-    raw = os.environ.get("BENCH_FEATURE_SIZE", str(DEFAULT_IMAGE_SIZE))
-    try:
-        size = int(raw)
-    except ValueError:
-        raise BenchError(f"BENCH_FEATURE_SIZE must be an integer image side, got {raw!r}") from None
-    return name, size
+@dataclass(frozen=True)
+class Extractor:
+    """The frozen backbone and image side of the derived features: ``efficientnet-lite0@224``."""
+
+    backbone: str = DEFAULT_BACKBONE
+    image_size: int = DEFAULT_IMAGE_SIZE
+
+    @classmethod
+    def parse(cls, text: str) -> Extractor:
+        """``"resnet101@448"``, or a backbone name alone (at the default side)."""
+        backbone, sep, size = text.strip().partition("@")
+        if not backbone or (sep and not size.strip().isdigit()) or (sep and int(size) < 1):
+            raise BenchError(f"--feature-extractor expects BACKBONE or BACKBONE@SIZE (e.g. resnet101@448), got {text!r}")
+        return cls(backbone, int(size) if sep else DEFAULT_IMAGE_SIZE)
+
+    def __str__(self) -> str:
+        return f"{self.backbone}@{self.image_size}"
 
 
 # ----------------------------------------------------------------------------- runner hooks
@@ -59,44 +70,37 @@ def needs_derived_features(method_cls, data: MultiLabelData) -> bool:
             and not data.feature_views and data.image_view is not None)
 
 
-def check_compatible(method_cls, data: MultiLabelData) -> None:
-    """``method_cls.check_compatible``, except that an image-only dataset is fine for a
-    feature-only method (it gets derived features)."""
-    if not needs_derived_features(method_cls, data):
-        method_cls.check_compatible(data)
+def plan(method_cls, data: MultiLabelData, extractor: Extractor | None = None) -> Extractor | None:
+    """The extractor whose features ``method_cls`` will read on ``data`` (``extractor`` or the
+    default), None when it reads the dataset's own views; a one-line error when it can read neither."""
+    if needs_derived_features(method_cls, data):
+        return extractor or Extractor()
+    method_cls.check_compatible(data)
+    return None
 
 
-def job_fingerprint(method_cls, data: MultiLabelData, fingerprint: str) -> str:
+def job_fingerprint(fingerprint: str, extractor: Extractor | None) -> str:
     """The dataset part of a job's identity: with derived features it names the extractor too."""
-    if not needs_derived_features(method_cls, data):
-        return fingerprint
-    name, size = extractor_config()
-    return f"{fingerprint}+{name}@{size}"
+    return fingerprint if extractor is None else f"{fingerprint}+{extractor}"
 
 
-def prepare(method_cls, data: MultiLabelData, store_root: Path | str, device: str = "cpu",
-            views_file: Path | str | None = None) -> MultiLabelData:
-    """``data`` as the method will see it: with derived feature views when it needs them.
-
-    ``views_file`` is the cache file the orchestrator filled once for all jobs of the dataset
-    (:func:`cache_views`); without it the views are looked up (or extracted) here."""
-    if not needs_derived_features(method_cls, data):
-        return data
-    if views_file is None:
-        views_file = cache_views(data, store_root, device)
-    views = _read_cache(Path(views_file))
-    if views is None:
-        raise BenchError(f"derived features of dataset {data.name!r}: cache file {views_file} is missing or "
-                         "unreadable; run the command again to extract them anew")
-    return replace(data, views=views)
-
-
-def cache_views(data: MultiLabelData, store_root: Path | str, device: str = "cpu") -> Path:
+def cache_views(data: MultiLabelData, store_root: Path | str, device: str = "cpu",
+                extractor: Extractor | None = None) -> Path:
     """Extract the derived views of ``data`` into the results store's cache unless they are there
     already; the cache file. The orchestrator calls it once per dataset before dispatching jobs,
     so no two workers extract the same features and no job rebuilds the backbone to find them."""
-    name, size = extractor_config()
-    return cached_stage_features(data, name, size, cache_dir=Path(store_root) / CACHE_SUBDIR, device=device)
+    extractor = extractor or Extractor()
+    return cached_stage_features(data, extractor.backbone, extractor.image_size,
+                                 cache_dir=Path(store_root) / CACHE_SUBDIR, device=device)
+
+
+def with_views(data: MultiLabelData, views_file: Path | str) -> MultiLabelData:
+    """``data`` with its image view replaced by the derived views cached in ``views_file``."""
+    views = _read_cache(Path(views_file)) if views_file else None
+    if views is None:
+        raise BenchError(f"derived features of dataset {data.name!r}: cache file {views_file or '(none)'} is "
+                         "missing or unreadable; run the command again to extract them anew")
+    return replace(data, views=views)
 
 
 # ----------------------------------------------------------------------------- extraction

@@ -442,7 +442,7 @@ def stale_keys(record: dict) -> list[str]:
     for the same method and overrides (a default changed since, or a parameter came or went);
     empty when it is current, or when its method is not installed here (nothing to compare)."""
     from bench import plugins
-    from bench.runner import resolve_params
+    from bench.params import current_params
 
     cfg = record["config"]
     if "params" not in cfg:  # a hand-made record: nothing to compare
@@ -451,7 +451,7 @@ def stale_keys(record: dict) -> list[str]:
         cls = plugins.get("methods", cfg["method"])
     except BenchError:
         return []
-    params, _ = resolve_params(cls, record.get("overrides") or {})
+    params = current_params(cls, record)
     skip = EXECUTION_PARAMS | PER_RUN_PARAMS
     # Through JSON like the stored record (tuples become lists).
     expected = json.loads(json.dumps({k: v for k, v in params.items() if k not in skip}, default=repr))

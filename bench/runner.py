@@ -1,29 +1,29 @@
-"""The cross-validation orchestrator: (method, dataset, protocol, split, hyper-parameters) -> job.
+"""The orchestrator: builds the grid of jobs and dispatches the ones not yet stored.
 
-Every job is independent and has a stable id, the hash of its full configuration (method and all
-its identity hyper-parameters, dataset and its fingerprint, protocol, fold, seed and the digest of
-the split's indices). Jobs already in the results store are skipped, so an interrupted command
-resumes where it stopped; ``force`` re-runs them.
+A job is one (method, resolved hyper-parameters, dataset@fingerprint, protocol, fold, seed); its
+id is the hash of that full configuration plus the digest of the split's indices. Jobs already in
+the results store are skipped, so an interrupted command resumes where it stopped; ``force``
+re-runs them. Hyper-parameters are resolved and validated in :mod:`bench.params`, and jobs run
+through :mod:`bench.backends` (in-process or loky workers, thread limits, devices).
 
-Jobs run through joblib: in-process for ``n_jobs=1``, otherwise in loky worker processes. A job
-carries only plain data (names, parameters, indices); the worker re-reads the plug-in by name, so
-no dynamically imported class ever needs pickling. Each worker writes its own result files
-(atomically, one job per file pair) and returns the record to the orchestrator. On a machine with
-GPUs, ``device="cuda"`` hands each running job one GPU token from a shared queue, so no two jobs
-share a GPU unless there are more workers than GPUs.
+A job carries only plain data (names, parameters, indices); the worker re-reads the plug-in by
+name, so no dynamically imported class ever needs pickling. Each worker writes its own result
+files (atomically, one job per file pair) and returns the record to the orchestrator. Derived
+views (features of a frozen CNN for a feature-only method on an image-only dataset) are prepared
+here once per dataset before any job starts (:mod:`bench.image_features`).
 """
 
 from __future__ import annotations
 
-import ast
-import contextlib
 import functools
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 import time
@@ -33,69 +33,25 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import image_features, plugins
+from bench import backends, image_features, params, plugins
 from bench.api import EXECUTION_PARAMS, Method
+from bench.backends import resolve_device  # noqa: F401  (part of the runner's interface)
 from bench.data import MultiLabelData
-from bench.errors import BenchError
+from bench.errors import BenchError, one_line
 from bench.metrics import evaluate
+from bench.params import parse_overrides, resolve_params  # noqa: F401  (used through the runner)
 from bench.protocols import Split, make_splits
 from bench.store import ResultStore
 
 log = logging.getLogger(__name__)
 
-
-# --------------------------------------------------------------------------- hyper-parameters
-def parse_overrides(pairs: list[str]) -> dict[str, object]:
-    """``["lr=0.01", "rmlc.hidden=128", "pretrained=false"]`` -> typed values.
-
-    Values are Python literals where they parse as one (``0.01``, ``(1, 2)``, ``'a'``), the words
-    true/false/none in any case, and plain strings otherwise. A ``method.`` prefix scopes a key to
-    one method when several run together.
-    """
-    out: dict[str, object] = {}
-    words = {"true": True, "false": False, "none": None}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise BenchError(f"--set expects key=value, got {pair!r}")
-        raw = raw.strip()
-        if raw.lower() in words:
-            value = words[raw.lower()]
-        else:
-            try:
-                value = ast.literal_eval(raw)
-            except (ValueError, SyntaxError):
-                value = raw
-        out[key.strip()] = value
-    return out
-
-
-def resolve_params(cls: type[Method], overrides: dict[str, object]) -> tuple[dict, dict]:
-    """The method's full hyper-parameters and the overrides that apply to it (checked beforehand
-    by :func:`check_overrides`)."""
-    defaults = cls().get_params(deep=False)
-    applied = {}
-    for key, value in overrides.items():
-        scope, _, name = key.rpartition(".")
-        if scope in ("", cls.name) and name in defaults:
-            applied[name] = value
-    return {**defaults, **applied}, applied
-
-
-def check_overrides(overrides: dict, classes: list[type[Method]]) -> None:
-    """Every ``--set`` key must name a hyper-parameter of a selected method (of that method, when
-    scoped as ``method.key``), so a typo never silently runs the defaults."""
-    params = {cls.name: set(cls().get_params(deep=False)) for cls in classes}
-    for key in overrides:
-        scope, _, name = key.rpartition(".")
-        if scope and scope not in params:
-            raise BenchError(f"--set {key}: method {scope!r} is not among the selected ({', '.join(params)})")
-        if scope and name not in params[scope]:
-            raise BenchError(f"--set {key}: method {scope!r} has no hyper-parameter {name!r}; "
-                             f"it has: {', '.join(sorted(params[scope]))}")
-        if not scope and not any(name in p for p in params.values()):
-            known = sorted(set().union(*params.values()))
-            raise BenchError(f"--set {key}: no selected method has a hyper-parameter {name!r}; known: {', '.join(known)}")
+#: A test fold smaller than this gets a warning: its metrics are noisy and some are undefined.
+MIN_TEST_EXAMPLES = 10
+#: The distributions whose versions are recorded with each job when their module is imported.
+LIBRARIES = {"numpy": "numpy", "scipy": "scipy", "scikit-learn": "sklearn", "iterative-stratification": "iterstrat",
+             "torch": "torch", "torchvision": "torchvision", "mlflow": "mlflow", "pandas": "pandas",
+             "threadpoolctl": "threadpoolctl"}
+READOUT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 # --------------------------------------------------------------------------- jobs
@@ -109,8 +65,13 @@ class Job:
     data_fingerprint: str
     data_root: str = ""
     store_root: str = ""
-    threads: int = 0  # torch threads in a CPU worker (0: leave torch's default)
+    scale_defaults: dict = field(default_factory=dict)  # the dataset-scale settings applied (bench.params)
+    paper_defaults: bool = False  # run with --paper-defaults (recorded; not part of the identity)
+    extractor: str = ""  # the frozen CNN of derived feature views ("" : the dataset's own views)
+    threads: int = 0  # the thread limit the job runs under (0: the cores of this machine)
     views_file: str = ""  # derived feature views extracted by the orchestrator (image_features)
+    # Where the worker finds plug-ins: the orchestrator's BENCH_PLUGIN_PATH (not part of the identity).
+    plugin_path: str = field(default_factory=lambda: os.environ.get("BENCH_PLUGIN_PATH", ""))
     config: dict = field(init=False)
     job_id: str = field(init=False)
 
@@ -127,6 +88,8 @@ class Job:
             "split_hash": self.split.hash,
             "data_fingerprint": self.data_fingerprint,
         }
+        if self.scale_defaults:  # absent when none applied, so earlier jobs keep their ids
+            config["scale_defaults"] = dict(self.scale_defaults)
         digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=repr).encode()).hexdigest()
         object.__setattr__(self, "config", config)
         object.__setattr__(self, "job_id", digest[:16])
@@ -163,81 +126,103 @@ def code_version() -> str:
         return "unknown"
 
 
-def _environment(device: str) -> dict:
-    env = {"python": platform.python_version(), "numpy": np.__version__, "host": platform.node(),
-           "machine": platform.machine(), "cpus": os.cpu_count(), "device": device, "code": code_version()}
+def _environment(device: str, threads: dict) -> dict:
+    """Where a job ran: host, device, code version, the thread limits it ran under and the versions
+    of the libraries its numbers depend on (those imported by then)."""
+    env = {"python": platform.python_version(), "host": platform.node(), "machine": platform.machine(),
+           "cpus": backends.available_cores(), "device": device, "code": code_version(), "threads": threads,
+           "libraries": library_versions()}
     torch = sys.modules.get("torch")
-    if torch is not None:
-        env["torch"] = torch.__version__
-        if device.startswith("cuda"):
-            env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    if torch is not None and device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return env
 
 
-def _check_outputs(method: str, scores, y_pred, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def library_versions() -> dict[str, str]:
+    """``{distribution: version}`` of the :data:`LIBRARIES` whose module this process imported."""
+    out = {}
+    for dist, module in LIBRARIES.items():
+        if module in sys.modules:
+            try:
+                out[dist] = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                out[dist] = str(getattr(sys.modules[module], "__version__", "unknown"))
+    return out
+
+
+def _check_scores(method: str, what: str, scores, shape: tuple[int, int], in_unit_interval: bool = False) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
-    y_pred = np.asarray(y_pred)
     if scores.shape != shape:
-        raise BenchError(f"method {method!r}: predict_scores returned shape {scores.shape}, expected {shape}")
+        raise BenchError(f"method {method!r}: {what} returned shape {scores.shape}, expected {shape}")
     if not np.isfinite(scores).all():
-        raise BenchError(f"method {method!r}: predict_scores returned NaN/inf")
+        raise BenchError(f"method {method!r}: {what} returned NaN/inf")
+    if in_unit_interval and scores.size and (scores.min() < 0 or scores.max() > 1):
+        raise BenchError(f"method {method!r}: {what} returned scores outside [0, 1] "
+                         f"(min {scores.min():g}, max {scores.max():g})")
+    return scores
+
+
+def _check_predictions(method: str, y_pred, shape: tuple[int, int]) -> np.ndarray:
+    y_pred = np.asarray(y_pred)
     if y_pred.shape != shape or not np.isin(y_pred, (0, 1)).all():
         raise BenchError(f"method {method!r}: predict must return a 0/1 array of shape {shape}")
-    return scores, y_pred.astype(np.uint8)
+    return y_pred.astype(np.uint8)
+
+
+def _evaluated(result) -> dict:
+    """The stored form of one :func:`evaluate` result."""
+    return {"metrics": dict(result), "per_label_ap": result.per_label_ap, "undefined": result.undefined}
 
 
 def execute(job: Job, device: str) -> dict:
     """Train and evaluate one job, store it, and return its record (runs in a worker)."""
-    cls = plugins.get("methods", job.method)
-    # An image-only dataset gets cached per-stage CNN features for a feature-only method.
-    data = image_features.prepare(cls, load_dataset(job.dataset, job.data_root), job.store_root, device,
-                                  views_file=job.views_file or None)
+    if plugins.use_plugin_path(job.plugin_path):  # a reused worker of an earlier run
+        load_dataset.cache_clear()
+    cls = plugins.get("methods", job.method)  # imports the method's file (and torch, if it uses it)
+    data = load_dataset(job.dataset, job.data_root)
+    if job.extractor:  # a feature-only method on an image-only dataset: the cached CNN features
+        data = image_features.with_views(data, job.views_file)
     train, test = data.subset(job.split.train), data.subset(job.split.test)
-    params = dict(job.params)
-    if "device" in params:
-        params["device"] = device
-    method = cls(**params)
-    if job.threads and "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(job.threads)
-    seed_everything(job.split.seed)
+    job_params = dict(job.params)
+    if "device" in job_params:
+        job_params["device"] = device
+    notes = _empty_label_notes(job, data, train)
 
-    notes = []
-    empty = np.flatnonzero(train.Y.sum(axis=0) == 0)
-    if empty.size:
-        names = [data.label_names[i] for i in empty]
-        notes.append(
-            f"label(s) {names} have no positive example in the training part of {job.describe()}; "
-            "the method sees an all-negative column (scored as it predicts; undefined test metrics are "
-            "left out of macro averages and counted)"
-        )
-
-    t0 = time.perf_counter()
-    method.fit(train)
-    t1 = time.perf_counter()
-    scores = method.predict_scores(test)
-    y_pred = method.predict(test)
-    t2 = time.perf_counter()
-    scores, y_pred = _check_outputs(job.method, scores, y_pred, test.Y.shape)
+    with backends.thread_limits(job.threads or backends.available_cores()) as threads:
+        method = cls(**job_params)
+        seed_everything(job.split.seed)
+        t0 = time.perf_counter()
+        method.fit(train)
+        t1 = time.perf_counter()
+        scores = _check_scores(job.method, "predict_scores", method.predict_scores(test), test.Y.shape)
+        y_pred = _check_predictions(job.method, method.predict(test), test.Y.shape)
+        t2 = time.perf_counter()
+        readouts = _readouts(job.method, method, test)
+        steps = _step_scores(job.method, method, test)
+        t3 = time.perf_counter()
+        environment = _environment(device, threads)
     result = evaluate(test.Y, scores, y_pred, ignore=test.ignore)
-    steps = _step_scores(job.method, method, test)
 
     record = {
         "job_id": job.job_id,
         "config": job.config,
         "overrides": job.overrides,
-        "metrics": dict(result),
-        "per_label_ap": result.per_label_ap,
-        "undefined": result.undefined,
+        "paper_defaults": job.paper_defaults,
+        **_evaluated(result),
         "label_names": list(data.label_names),
         "n_train": int(train.n_samples),
         "n_test": int(test.n_samples),
-        "timings": {"fit_s": t1 - t0, "predict_s": t2 - t1},
+        "timings": {"fit_s": t1 - t0, "predict_s": t2 - t1, **({"readouts_s": t3 - t2} if readouts or steps is not None else {})},
         "history": list(getattr(method, "history_", []) or []),
         "notes": notes,
-        "environment": _environment(device),
+        "environment": environment,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     arrays = {"test_index": job.split.test, "scores": scores.astype(np.float32), "y_pred": y_pred}
+    if readouts:  # other readouts of the same fitted model, thresholded like predict's default
+        record["readouts"] = {name: _evaluated(evaluate(test.Y, s, (s >= method.threshold).astype(np.uint8),
+                                                        ignore=test.ignore)) for name, s in readouts.items()}
+        arrays.update({f"readout__{name}": s.astype(np.float32) for name, s in readouts.items()})
     if steps is not None:
         # The metrics after each modality / step (RMLC Fig. 3), thresholded like predict's default.
         record["step_metrics"] = [dict(evaluate(test.Y, s, (s >= method.threshold).astype(np.uint8),
@@ -245,6 +230,33 @@ def execute(job: Job, device: str) -> dict:
         arrays["step_scores"] = steps.astype(np.float32)
     ResultStore(job.store_root).write(record, arrays)
     return record
+
+
+def _empty_label_notes(job: Job, data: MultiLabelData, train: MultiLabelData) -> list[str]:
+    empty = np.flatnonzero(train.Y.sum(axis=0) == 0)
+    if not empty.size:
+        return []
+    names = [data.label_names[i] for i in empty]
+    return [f"label(s) {names} have no positive example in the training part of {job.describe()}; "
+            "the method sees an all-negative column (scored as it predicts; undefined test metrics are "
+            "left out of macro averages and counted)"]
+
+
+def _readouts(name: str, method: Method, test: MultiLabelData) -> dict[str, np.ndarray]:
+    """The optional ``predict_readouts`` output, checked: short lowercase names, [n, L] in [0, 1]."""
+    predict_readouts = getattr(method, "predict_readouts", None)
+    if not callable(predict_readouts):
+        return {}
+    readouts = predict_readouts(test)
+    if not isinstance(readouts, dict):
+        raise BenchError(f"method {name!r}: predict_readouts must return a dict of name -> scores, "
+                         f"got {type(readouts).__name__}")
+    out = {}
+    for key, scores in readouts.items():
+        if not (isinstance(key, str) and READOUT_NAME.match(key)):
+            raise BenchError(f"method {name!r}: readout name {key!r} must be a short lowercase identifier")
+        out[key] = _check_scores(name, f"predict_readouts[{key!r}]", scores, test.Y.shape, in_unit_interval=True)
+    return out
 
 
 def _step_scores(name: str, method: Method, test: MultiLabelData) -> np.ndarray | None:
@@ -263,35 +275,17 @@ def _step_scores(name: str, method: Method, test: MultiLabelData) -> np.ndarray 
 
 def _execute_safely(job: Job, device) -> dict:
     """Run a job in a worker; a failure comes back as a record with an ``error``."""
-    token = device.get() if hasattr(device, "get") else device
-    try:
-        return execute(job, token)
-    except BenchError as exc:
-        return {"job_id": job.job_id, "job": job.describe(), "error": str(exc)}
-    except Exception as exc:  # a bug in one method must not lose the other jobs' results
-        return {"job_id": job.job_id, "job": job.describe(), "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc()}
-    finally:
-        if hasattr(device, "put"):
-            device.put(token)
+    with backends.holding(device) as token:
+        try:
+            return execute(job, token)
+        except BenchError as exc:
+            return {"job_id": job.job_id, "job": job.describe(), "error": one_line(exc)}
+        except Exception as exc:  # a bug in one method must not lose the other jobs' results
+            return {"job_id": job.job_id, "job": job.describe(), "error": one_line(exc, with_type=True),
+                    "traceback": traceback.format_exc()}
 
 
 # --------------------------------------------------------------------------- orchestration
-def resolve_device(device: str, needs_torch: bool) -> str:
-    """"auto" -> "cuda" when torch sees a GPU (and a selected method uses torch), else "cpu"."""
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise BenchError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    if device == "cpu" or (device == "auto" and not needs_torch):
-        return "cpu"
-    import torch
-
-    if not torch.cuda.is_available():
-        if device == "auto":
-            return "cpu"
-        raise BenchError(f"--device {device}: torch sees no CUDA device on this machine")
-    return device
-
-
 @dataclass
 class RunSummary:
     records: list[dict]
@@ -303,38 +297,57 @@ class RunSummary:
 def build_jobs(
     methods: list[str], datasets: list[str], *, protocol: str | None, n_folds: int,
     seeds: tuple[int, ...] | None, overrides: dict, data_root: Path, store_root: Path,
-    strict: bool = True,
+    strict: bool = True, paper_defaults: bool = False, feature_extractor: str | None = None,
 ) -> list[Job]:
-    """Every job of the grid; an incompatible (method, dataset) pair is an error when ``strict``,
-    else skipped with a warning (``--method all`` over mixed datasets)."""
+    """Every job of the grid, each hyper-parameter checked before any job runs.
+
+    An incompatible (method, dataset) pair is an error when ``strict``, else skipped with a warning
+    (``--method all`` over mixed datasets). A dataset's ``scale_defaults`` apply unless
+    ``paper_defaults``; ``feature_extractor`` (``"resnet101@448"``) chooses the frozen CNN of
+    derived feature views."""
     classes = [plugins.get("methods", m) for m in methods]
-    check_overrides(overrides, classes)
+    params.check_override_keys(overrides, classes)
+    extractor = image_features.Extractor.parse(feature_extractor) if feature_extractor else None
     jobs = []
     for ds_name in datasets:
         data = load_dataset(ds_name, str(data_root))
         splits = make_splits(data, protocol, n_folds, seeds)
+        _warn_small_test_folds(data, splits)
         fingerprint = data.fingerprint()
+        scale = {} if paper_defaults else dict(plugins.get("datasets", ds_name).scale_defaults)
         for cls in classes:
             try:
-                image_features.check_compatible(cls, data)
+                views_from = image_features.plan(cls, data, extractor)
             except BenchError as exc:
                 if strict:
                     raise
                 log.warning("skipping: %s", exc)
                 continue
-            params, applied = resolve_params(cls, overrides)
+            resolved = params.resolve(cls, overrides, scale)
+            params.validate(cls, resolved, ds_name)
             for split in splits:
-                seeded = {**params, "random_state": split.seed} if "random_state" in params else params
-                jobs.append(Job(cls.name, ds_name, seeded, applied, split,
-                                image_features.job_fingerprint(cls, data, fingerprint),
-                                str(data_root), str(store_root)))
+                job_params = resolved.params
+                if "random_state" in job_params:
+                    job_params = {**job_params, "random_state": split.seed}
+                jobs.append(Job(cls.name, ds_name, job_params, resolved.overrides, split,
+                                image_features.job_fingerprint(fingerprint, views_from), str(data_root),
+                                str(store_root), resolved.scale_defaults, paper_defaults, str(views_from or "")))
     return jobs
 
 
-def run_jobs(jobs: list[Job], *, device: str = "auto", n_jobs: int = 1, force: bool = False,
-             progress: bool = True, on_record=None) -> RunSummary:
-    """Run the jobs not yet stored. ``on_record(record)`` is called in this (the orchestrating)
-    process for each job as it finishes, e.g. to log it to MLflow; workers only return records."""
+def _warn_small_test_folds(data: MultiLabelData, splits: list[Split]) -> None:
+    smallest = min(len(s.test) for s in splits)
+    if smallest < MIN_TEST_EXAMPLES:
+        log.warning("dataset %r: %s test folds hold as few as %d examples (fewer than %d): their metrics are "
+                    "noisy and partly undefined; use fewer folds", data.name, splits[0].protocol, smallest,
+                    MIN_TEST_EXAMPLES)
+
+
+def run_jobs(jobs: list[Job], *, device: str = "auto", n_jobs: int = 1, threads: int | None = None,
+             force: bool = False, progress: bool = True, on_record=None) -> RunSummary:
+    """Run the jobs not yet stored, ``n_jobs`` at a time, each under ``threads`` threads (default:
+    the cores divided among the running jobs). ``on_record(record)`` is called in this (the
+    orchestrating) process for each job as it finishes, e.g. to log it to MLflow."""
     store = ResultStore(jobs[0].store_root) if jobs else None
     done, pending = [], []
     for job in jobs:
@@ -344,12 +357,10 @@ def run_jobs(jobs: list[Job], *, device: str = "auto", n_jobs: int = 1, force: b
         else:
             done.append(record)
     needs_torch = any("device" in j.params for j in pending)
-    device = resolve_device(device, needs_torch)
-    n_jobs = max(1, min(n_jobs if n_jobs > 0 else os.cpu_count(), len(pending) or 1))
-    pending = _with_derived_views(pending, device)
-    if device == "cpu" and n_jobs > 1:
-        threads = max(1, (os.cpu_count() or 1) // n_jobs)
-        pending = [replace(j, threads=threads) for j in pending]
+    device = backends.resolve_device(device, needs_torch)
+    n_jobs = max(1, min(n_jobs if n_jobs > 0 else backends.available_cores(), len(pending) or 1))
+    per_job = backends.threads_per_job(n_jobs, threads)
+    pending = [replace(j, threads=per_job) for j in _with_derived_views(pending, device, threads)]
 
     results = _dispatch(pending, device, n_jobs, progress, on_record)
     failures = [r for r in results if "error" in r]
@@ -359,24 +370,22 @@ def run_jobs(jobs: list[Job], *, device: str = "auto", n_jobs: int = 1, force: b
     return RunSummary(done + [r for r in results if "error" not in r], len(pending), len(done), failures)
 
 
-def _one_device(device: str) -> str:
-    """The device one in-process job uses: plain "cuda" means the first GPU."""
-    return "cuda:0" if device == "cuda" else device
-
-
-def _with_derived_views(pending: list[Job], device: str) -> list[Job]:
+def _with_derived_views(pending: list[Job], device: str, threads: int | None) -> list[Job]:
     """Extract the derived feature views of each image-only dataset once, here, before any worker
-    starts (feature-only methods on image datasets), and hand the jobs the cache file."""
-    files: dict[tuple[str, str, str], str] = {}
+    starts, and hand the jobs the cache file."""
+    files: dict[tuple[str, str, str, str], str] = {}
     out = []
     for job in pending:
-        data = load_dataset(job.dataset, job.data_root)
-        if not image_features.needs_derived_features(plugins.get("methods", job.method), data):
+        if not job.extractor:
             out.append(job)
             continue
-        key = (job.data_root, job.dataset, job.store_root)
+        key = (job.data_root, job.dataset, job.store_root, job.extractor)
         if key not in files:
-            files[key] = str(image_features.cache_views(data, job.store_root, _one_device(device)))
+            data = load_dataset(job.dataset, job.data_root)
+            extractor = image_features.Extractor.parse(job.extractor)
+            with backends.thread_limits(backends.threads_per_job(1, threads)):
+                files[key] = str(image_features.cache_views(data, job.store_root, backends.single_device(device),
+                                                            extractor))
         out.append(replace(job, views_file=files[key]))
     return out
 
@@ -384,7 +393,6 @@ def _with_derived_views(pending: list[Job], device: str) -> list[Job]:
 def _dispatch(pending: list[Job], device: str, n_jobs: int, progress: bool, on_record=None) -> list[dict]:
     if not pending:
         return []
-    from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(pending), desc="jobs", unit="job", disable=not progress, file=sys.stderr)
@@ -396,33 +404,8 @@ def _dispatch(pending: list[Job], device: str, n_jobs: int, progress: bool, on_r
         if on_record is not None and "error" not in record:
             on_record(record)
 
-    if n_jobs == 1:
-        tokens: object = _one_device(device)
-        for job in pending:
-            finished(_execute_safely(job, tokens))
+    try:
+        backends.dispatch(pending, _execute_safely, device=device, n_jobs=n_jobs, on_result=finished)
+    finally:
         bar.close()
-        return out
-    with _device_tokens(device, n_jobs) as tokens:
-        parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
-        for record in parallel(delayed(_execute_safely)(job, tokens) for job in pending):
-            finished(record)
-    bar.close()
     return out
-
-
-@contextlib.contextmanager
-def _device_tokens(device: str, n_jobs: int):
-    """A queue of device names shared with workers: one token per concurrently running job."""
-    if device != "cuda":
-        yield device
-        return
-    import multiprocessing
-
-    import torch
-
-    n_gpus = torch.cuda.device_count()
-    with multiprocessing.Manager() as manager:
-        queue = manager.Queue()
-        for i in range(n_jobs):
-            queue.put(f"cuda:{i % n_gpus}")
-        yield queue

@@ -58,6 +58,8 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("BENCH_DATA_ROOT", str(tmp_path / "data"))
     # A new MLflow SQLite store costs seconds (migrations); tests of tracking switch it back on.
     monkeypatch.setenv("BENCH_MLFLOW", "0")
+    # One BLAS/OpenMP/torch thread per job: pytest-xdist runs two test processes on the 2 cores.
+    monkeypatch.setenv("BENCH_THREADS", "1")
     plugin_root = tmp_path / "plugins"
     (plugin_root / "datasets").mkdir(parents=True)
     (plugin_root / "methods").mkdir()

@@ -260,10 +260,9 @@ class ImageOnly(Dataset):
 def test_feature_only_methods_run_on_image_datasets_with_cached_stage_features(isolated, tmp_path, monkeypatch):
     (isolated / "datasets" / "image_only.py").write_text(textwrap.dedent(IMAGE_ONLY_DATASET))
     plugins.load.cache_clear()
-    monkeypatch.setenv("BENCH_FEATURE_SIZE", "64")
     store = tmp_path / "results"
     jobs = runner.build_jobs(["br"], ["image-only"], protocol="kfold", n_folds=2, seeds=(0,), overrides={},
-                             data_root=tmp_path, store_root=store)
+                             data_root=tmp_path, store_root=store, feature_extractor="efficientnet-lite0@64")
     assert jobs[0].data_fingerprint.endswith("+efficientnet-lite0@64")
     extractions = []
     real_extract = image_features._extract

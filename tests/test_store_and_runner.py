@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bench import runner
+from bench import plugins, runner
 from bench.errors import BenchError
 from bench.metrics import evaluate
 from bench.runner import build_jobs, parse_overrides, run_jobs
@@ -171,3 +172,115 @@ def test_stored_record_is_plain_json(tmp_path):
     assert set(rec["config"]) == {"method", "dataset", "params", "protocol", "n_folds", "fold", "seed",
                                   "split_hash", "data_fingerprint"}
     assert len(rec["per_label_ap"]) == 4 and rec["environment"]["device"] == "cpu"
+
+
+# --------------------------------------------------------------------------- threads, environment, readouts
+PROBE_METHOD = '''
+import numpy as np
+import torch
+from threadpoolctl import threadpool_info
+from bench.api import Method
+
+
+class ThreadProbe(Method):
+    """Records, while it fits, the thread pools it runs under; scores = the label frequencies."""
+
+    name = "thread-probe"
+
+    def fit(self, train, val=None):
+        self.pools_ = {p["internal_api"]: p["num_threads"] for p in threadpool_info()}
+        self.torch_threads_ = torch.get_num_threads()
+        self.prior_ = train.Y.mean(axis=0)
+        self.history_ = [{"epoch": 1, "blas": max(self.pools_.values()), "torch": self.torch_threads_}]
+        return self
+
+    def predict_scores(self, data):
+        return np.tile(self.prior_, (data.n_samples, 1))
+
+    def predict_readouts(self, data):
+        scores = self.predict_scores(data)
+        return {"half": scores / 2, "squared": scores ** 2}
+'''
+
+
+@pytest.mark.parametrize("n_jobs, threads", [(1, None), (1, 1), (2, None)])
+def test_every_job_runs_under_recorded_thread_limits(tmp_path, isolated, n_jobs, threads):
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from bench.backends import available_cores
+
+    (isolated / "methods" / "probe.py").write_text(PROBE_METHOD)
+    before = ({p["filepath"]: p["num_threads"] for p in threadpool_info()}, torch.get_num_threads())
+    summary = run_jobs(jobs_for(tmp_path, methods=("thread-probe",), n_folds=2), n_jobs=n_jobs, threads=threads,
+                       progress=False)
+    assert not summary.failures, summary.failures
+    expected = threads or max(1, available_cores() // n_jobs)  # the cores divided among running jobs
+    for rec in summary.records:
+        limits = rec["environment"]["threads"]
+        assert limits["limit"] == expected and limits["torch"] == expected
+        assert limits["openblas"] == expected  # numpy's and scipy's OpenBLAS, as the job saw them
+        assert rec["history"][0]["blas"] == expected and rec["history"][0]["torch"] == expected
+    # In-process jobs hand the pools back as they found them.
+    assert ({p["filepath"]: p["num_threads"] for p in threadpool_info()}, torch.get_num_threads()) == before
+
+
+def test_record_names_library_versions(tmp_path):
+    import sklearn
+
+    rec = run_jobs(jobs_for(tmp_path, n_folds=2), progress=False).records[0]
+    libraries = rec["environment"]["libraries"]
+    assert libraries["scikit-learn"] == sklearn.__version__ and libraries["numpy"] == np.__version__
+    assert {"scipy", "iterative-stratification"} <= set(libraries)
+
+
+def test_readouts_are_evaluated_and_stored_beside_the_main_row(tmp_path, isolated):
+    (isolated / "methods" / "probe.py").write_text(PROBE_METHOD)
+    summary = run_jobs(jobs_for(tmp_path, methods=("thread-probe",), n_folds=2), progress=False)
+    store = ResultStore(tmp_path / "results")
+    data = runner.load_dataset("tiny", str(tmp_path / "data"))
+    for rec in summary.records:
+        arrays = store.arrays(rec)
+        y = data.Y[arrays["test_index"]]
+        assert set(rec["readouts"]) == {"half", "squared"}
+        for name, power in (("half", None), ("squared", 2)):
+            main_scores = arrays["scores"].astype(np.float64)
+            expected_scores = main_scores / 2 if power is None else main_scores ** 2
+            np.testing.assert_allclose(arrays[f"readout__{name}"], expected_scores, rtol=1e-6)
+            expected = evaluate(y, arrays[f"readout__{name}"], (arrays[f"readout__{name}"] >= 0.5).astype(np.uint8))
+            assert rec["readouts"][name]["metrics"] == pytest.approx(dict(expected), nan_ok=True)
+            assert rec["readouts"][name]["per_label_ap"] == pytest.approx(expected.per_label_ap, nan_ok=True)
+            assert rec["readouts"][name]["undefined"] == expected.undefined
+    plain = run_jobs(jobs_for(tmp_path, n_folds=2), progress=False).records[0]
+    assert "readouts" not in plain and not any(k.startswith("readout__") for k in store.arrays(plain))
+
+
+@pytest.mark.parametrize("readout, message", [
+    ("{'Bad Name': s}", "readout name 'Bad Name' must be a short lowercase identifier"),
+    ("{'over': s + 1}", "predict_readouts['over'] returned scores outside [0, 1]"),
+    ("{'short': s[:1]}", "predict_readouts['short'] returned shape (1, 4)"),
+])
+def test_bad_readouts_fail_their_job_in_one_line(tmp_path, isolated, readout, message):
+    (isolated / "methods" / "bad.py").write_text(
+        "import numpy as np\nfrom bench.api import Method\n"
+        "class Bad(Method):\n    name = 'bad'\n"
+        "    def fit(self, train, val=None):\n        return self\n"
+        "    def predict_scores(self, data):\n        return np.full((data.n_samples, 4), 0.5)\n"
+        f"    def predict_readouts(self, data):\n        s = self.predict_scores(data)\n        return {readout}\n")
+    failures = run_jobs(jobs_for(tmp_path, methods=("bad",), n_folds=2), progress=False).failures
+    assert len(failures) == 2 and all(message in f["error"] and "\n" not in f["error"] for f in failures)
+
+
+def test_reused_worker_processes_read_the_plugins_of_the_current_run(tmp_path, isolated, monkeypatch):
+    """joblib keeps its worker processes between runs; they must look up plug-ins where this run
+    does (its BENCH_PLUGIN_PATH), not where the run that started them did."""
+    first = run_jobs(jobs_for(tmp_path, store_root=tmp_path / "a"), n_jobs=2, progress=False)
+    assert not first.failures
+    other = tmp_path / "other-plugins"
+    (other / "methods").mkdir(parents=True)
+    shutil.copytree(isolated / "datasets", other / "datasets")
+    (other / "methods" / "late.py").write_text(PROBE_METHOD.replace('"thread-probe"', '"late"'))
+    monkeypatch.setenv("BENCH_PLUGIN_PATH", str(other))
+    plugins.load.cache_clear()
+    second = run_jobs(jobs_for(tmp_path, methods=("late",), store_root=tmp_path / "b"), n_jobs=2, progress=False)
+    assert not second.failures, second.failures

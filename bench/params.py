@@ -1,0 +1,234 @@
+"""A job's hyper-parameters: ``--set`` parsing, resolution, and validation before any job starts.
+
+A method's hyper-parameters are its constructor arguments (defaults: the paper's values). Three
+sources decide the value a job runs with, the first that gives one winning:
+
+1. ``--set key=value`` (or ``--set method.key=value``, scoped to one method);
+2. the dataset's ``scale_defaults`` (:attr:`bench.api.Dataset.scale_defaults`): the settings its
+   scale calls for, e.g. a small CNN and a short schedule on the 56 x 56 ``mnist-mosaic``; keys
+   scoped like ``--set``; they apply to a method only for the parameters it has, and
+   ``bench run --paper-defaults`` switches them off;
+3. the constructor's default.
+
+Every resolved value is part of the job's identity. Before any job starts, each value given by
+``--set`` or a dataset is checked against the parameter's annotation (``C: float`` refuses ``abc``
+and ``true``; an integer given for a float becomes that float, so ``C=1`` is the default row
+``C=1.0``), then a constructed instance is checked by the method's own validation: scikit-learn's
+``_parameter_constraints`` where the class declares them, and its ``_check_params()`` hook where
+it has one. Any failure is one line naming the key, the method and what was expected.
+"""
+
+from __future__ import annotations
+
+import ast
+import collections.abc
+import inspect
+import sys
+import types
+import typing
+from dataclasses import dataclass
+
+from bench.errors import BenchError
+
+WORDS = {"true": True, "false": False, "none": None}
+
+
+# ----------------------------------------------------------------------------- parsing
+def parse_value(raw: str):
+    """A Python literal where ``raw`` is one (``0.01``, ``(1, 2)``, ``'a'``), the words
+    true/false/none in any case, otherwise the string itself."""
+    raw = raw.strip()
+    if raw.lower() in WORDS:
+        return WORDS[raw.lower()]
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return raw
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, object]:
+    """``["lr=0.01", "rmlc.hidden=128", "pretrained=false"]`` -> ``{"lr": 0.01, ...}``; a key
+    given twice is an error (which one was meant?)."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise BenchError(f"--set expects key=value, got {pair!r}")
+        if key in out:
+            raise BenchError(f"--set {key} is given twice")
+        out[key] = parse_value(raw)
+    return out
+
+
+# ----------------------------------------------------------------------------- resolution
+def defaults(cls: type) -> dict[str, object]:
+    """The constructor's arguments and their defaults (scikit-learn's ``get_params``)."""
+    return cls().get_params(deep=False)
+
+
+def applicable(cls: type, settings: dict[str, object], params: dict) -> dict[str, object]:
+    """The entries of ``settings`` (keys ``name`` or ``method.name``) that name a parameter of
+    ``cls``; a scoped key wins over a plain one."""
+    out: dict[str, object] = {}
+    for key, value in sorted(settings.items(), key=lambda kv: "." in kv[0]):  # scoped ones last
+        scope, _, name = key.rpartition(".")
+        if scope in ("", cls.name) and name in params:
+            out[name] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The hyper-parameters of one method on one dataset, and where the non-defaults came from."""
+
+    params: dict
+    overrides: dict
+    scale_defaults: dict
+
+
+def resolve(cls: type, overrides: dict, scale_defaults: dict | None = None) -> Resolved:
+    """``cls``'s full hyper-parameters with the applicable ``--set`` overrides and, for the
+    parameters not overridden, the applicable dataset-scale defaults."""
+    params = defaults(cls)
+    applied = _coerced(cls, applicable(cls, overrides, params), "--set")
+    # A value equal to the default is no override: the same job, the same row.
+    applied = {k: v for k, v in applied.items() if not (v == params[k] and type(v) is type(params[k]))}
+    scaled = {k: v for k, v in applicable(cls, scale_defaults or {}, params).items() if k not in applied}
+    scaled = _coerced(cls, scaled, "scale default")
+    return Resolved({**params, **scaled, **applied}, applied, scaled)
+
+
+def resolve_params(cls: type, overrides: dict, scale_defaults: dict | None = None) -> tuple[dict, dict]:
+    """(full hyper-parameters, the overrides that apply): :func:`resolve` in the older shape."""
+    resolved = resolve(cls, overrides, scale_defaults)
+    return resolved.params, resolved.overrides
+
+
+def current_params(cls: type, record: dict) -> dict:
+    """The hyper-parameters ``bench run`` would give today to the job that stored ``record``: the
+    same ``--set`` overrides and, unless it ran with ``--paper-defaults``, the dataset's scale
+    defaults as they are now (a stored run that differs is stale: its defaults changed since)."""
+    from bench import plugins
+
+    scale = None
+    if not record.get("paper_defaults"):
+        dataset = record["config"]["dataset"]
+        try:
+            scale = plugins.info("datasets", dataset).scale_defaults
+        except BenchError:  # a dataset not installed here: what the run recorded
+            scale = record["config"].get("scale_defaults")
+    return resolve(cls, record.get("overrides") or {}, scale).params
+
+
+# ----------------------------------------------------------------------------- validation
+def check_override_keys(overrides: dict, classes: list[type]) -> None:
+    """Every ``--set`` key must name a hyper-parameter of a selected method (of that method, when
+    scoped as ``method.key``), so a typo never silently runs the defaults."""
+    params = {cls.name: set(defaults(cls)) for cls in classes}
+    for key in overrides:
+        scope, _, name = key.rpartition(".")
+        if scope and scope not in params:
+            raise BenchError(f"--set {key}: method {scope!r} is not among the selected ({', '.join(params)})")
+        if scope and name not in params[scope]:
+            raise BenchError(f"--set {key}: method {scope!r} has no hyper-parameter {name!r}; "
+                             f"it has: {', '.join(sorted(params[scope]))}")
+        if not scope and not any(name in p for p in params.values()):
+            known = sorted(set().union(*params.values()))
+            raise BenchError(f"--set {key}: no selected method has a hyper-parameter {name!r}; known: {', '.join(known)}")
+
+
+def validate(cls: type, resolved: Resolved, dataset: str = "") -> None:
+    """The method's own checks on an instance built with ``resolved.params``: scikit-learn's
+    parameter constraints where declared, then its ``_check_params()`` hook where it has one."""
+    method = cls(**resolved.params)
+    checks = []
+    if getattr(cls, "_parameter_constraints", None) and callable(getattr(method, "_validate_params", None)):
+        checks.append(method._validate_params)
+    if callable(getattr(method, "_check_params", None)):
+        checks.append(method._check_params)
+    for check in checks:
+        try:
+            check()
+        except (BenchError, ValueError, TypeError) as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if not message.startswith(f"method {cls.name!r}"):
+                message = f"method {cls.name!r}: {message}"
+            raise BenchError(f"{_origin(resolved, dataset)}{message}") from None
+
+
+def _origin(resolved: Resolved, dataset: str) -> str:
+    """Where the values being checked came from, as the start of an error message."""
+    parts = []
+    if resolved.overrides:
+        parts.append("--set " + " ".join(f"{k}={v!r}" for k, v in resolved.overrides.items()))
+    if resolved.scale_defaults:
+        parts.append(f"dataset {dataset!r} scale defaults " + " ".join(
+            f"{k}={v!r}" for k, v in resolved.scale_defaults.items()))
+    return "; ".join(parts) + ": " if parts else ""
+
+
+def _coerced(cls: type, values: dict, source: str) -> dict:
+    """``values`` checked against the parameters' annotations (an int for a float becomes a float)."""
+    out = {}
+    for name, value in values.items():
+        annotation = _annotation(cls, name)
+        if annotation is None or _matches(value, annotation, int_for_float=False):
+            out[name] = value
+        elif _matches(value, annotation):  # an int where only a float is expected
+            out[name] = float(value)
+        else:
+            raise BenchError(f"{source} {name}={value!r}: method {cls.name!r} expects {name}: "
+                             f"{_type_text(annotation)}, got {_value_text(value)}")
+    return out
+
+
+def _annotation(cls: type, name: str):
+    """The evaluated annotation of constructor argument ``name``, or None when it has none or it
+    cannot be evaluated (then the method's own validation decides)."""
+    try:
+        parameter = inspect.signature(cls.__init__).parameters.get(name)
+    except (TypeError, ValueError):
+        return None
+    if parameter is None or parameter.annotation is inspect.Parameter.empty:
+        return None
+    annotation = parameter.annotation
+    if not isinstance(annotation, str):
+        return annotation
+    for klass in cls.__mro__:  # the module that wrote the signature may be a base class's
+        namespace = vars(sys.modules[klass.__module__]) if klass.__module__ in sys.modules else {}
+        try:
+            return eval(annotation, {"typing": typing, **namespace})  # noqa: S307 - the plug-in's own source
+        except Exception:
+            continue
+    return None
+
+
+def _matches(value, annotation, int_for_float: bool = True) -> bool:
+    if annotation is typing.Any or annotation is object:
+        return True
+    if annotation is None or annotation is type(None):
+        return value is None
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg, int_for_float) for arg in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
+    if annotation is float:
+        return isinstance(value, float) or (int_for_float and isinstance(value, int) and not isinstance(value, bool))
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, tuple, collections.abc.Sequence):
+        return isinstance(value, list | tuple)
+    if origin is not None:
+        return isinstance(value, origin) if isinstance(origin, type) else True
+    return isinstance(value, annotation) if isinstance(annotation, type) else True
+
+
+def _type_text(annotation) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
+def _value_text(value) -> str:
+    kind = {bool: "the boolean", str: "the string", type(None): ""}.get(type(value), f"{type(value).__name__}")
+    return f"{kind} {value!r}".strip()

@@ -1,0 +1,181 @@
+"""Hyper-parameters: parsing ``--set``, resolution with dataset-scale defaults, validation up front."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from bench import params, plugins, runner
+from bench.api import Method
+from bench.cli import main
+from bench.errors import BenchError
+from bench.store import ResultStore
+
+
+class Typed(Method):
+    """Every annotation shape the checks know, and a validation hook of its own."""
+
+    name = "typed"
+
+    def __init__(self, rate: float = 0.1, layers: int = 2, flag: bool = True, size: int | None = None,
+                 mode: str = "fast", pair: tuple[int, int] = (1, 2), weights: bool | str = True, free=None):
+        self.rate, self.layers, self.flag, self.size = rate, layers, flag, size
+        self.mode, self.pair, self.weights, self.free = mode, pair, weights, free
+
+    def _check_params(self):
+        if self.mode not in ("fast", "slow"):
+            raise BenchError(f"method {self.name!r}: mode must be 'fast' or 'slow', got {self.mode!r}")
+
+
+def test_values_parse_as_literals_or_words():
+    assert params.parse_overrides(["lr=0.01", "n=3", "pretrained=False", "name=resnet", "t=(1, 2)", "x=none",
+                                   "y=TRUE", "s='quoted'"]) == {
+        "lr": 0.01, "n": 3, "pretrained": False, "name": "resnet", "t": (1, 2), "x": None, "y": True, "s": "quoted"}
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("rate", 1, 1.0), ("rate", 0.5, 0.5), ("layers", 3, 3), ("flag", False, False), ("size", None, None),
+    ("size", 7, 7), ("mode", "slow", "slow"), ("pair", (3, 4), (3, 4)), ("weights", "imagenet", "imagenet"),
+    ("weights", False, False), ("free", "anything", "anything"),
+])
+def test_values_that_fit_the_annotation_are_kept(key, value, expected):
+    resolved = params.resolve(Typed, {key: value})
+    assert resolved.params[key] == expected and type(resolved.params[key]) is type(expected)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("rate", "abc", "--set rate='abc': method 'typed' expects rate: float, got the string 'abc'"),
+    ("rate", True, "expects rate: float, got the boolean True"),
+    ("layers", 2.5, "expects layers: int, got float 2.5"),
+    ("layers", True, "expects layers: int, got the boolean True"),
+    ("flag", 1, "expects flag: bool, got int 1"),
+    ("size", "big", "expects size: int | None, got the string 'big'"),
+    ("pair", 3, "expects pair: tuple[int, int], got int 3"),
+    ("weights", 1.5, "expects weights: bool | str, got float 1.5"),
+])
+def test_values_against_the_annotation_are_refused(key, value, message):
+    with pytest.raises(BenchError) as err:
+        params.resolve(Typed, {key: value})
+    assert message in str(err.value)
+
+
+def test_an_override_equal_to_the_default_is_no_override():
+    assert params.resolve(Typed, {"rate": 0.1, "layers": 2}).overrides == {}
+    assert params.resolve(Typed, {"typed.rate": 0.2}).overrides == {"rate": 0.2}
+
+
+def test_scale_defaults_fill_only_what_the_method_has_and_the_user_did_not_set():
+    scale = {"rate": 0.3, "layers": 4, "epochs": 10, "other.mode": "slow", "typed.mode": "slow"}
+    resolved = params.resolve(Typed, {"layers": 8}, scale)
+    assert resolved.overrides == {"layers": 8}
+    assert resolved.scale_defaults == {"rate": 0.3, "mode": "slow"}  # not `epochs`, not `other.`'s
+    assert resolved.params == {**params.defaults(Typed), "rate": 0.3, "mode": "slow", "layers": 8}
+    with pytest.raises(BenchError, match="scale default layers='four': method 'typed' expects layers: int"):
+        params.resolve(Typed, {}, {"layers": "four"})
+
+
+def test_the_methods_own_checks_run_on_a_built_instance():
+    with pytest.raises(BenchError, match=r"^--set mode='medium': method 'typed': mode must be 'fast' or 'slow'"):
+        params.validate(Typed, params.resolve(Typed, {"mode": "medium"}))
+    with pytest.raises(BenchError, match=r"dataset 'd' scale defaults mode='x': method 'typed': mode must be"):
+        params.validate(Typed, params.resolve(Typed, {}, {"mode": "x"}), "d")
+    params.validate(Typed, params.resolve(Typed, {}))  # the defaults pass
+
+
+# --------------------------------------------------------------------------- through bench run
+SCALED_DATASET = '''
+from bench.api import Dataset
+
+
+class Scaled(Dataset):
+    name = "scaled"
+    embedded = True
+    scale_defaults = {"epochs": 3, "br.C": 0.5}
+
+    def load(self, data_root):
+        from bench.runner import load_dataset
+        from dataclasses import replace
+
+        return replace(load_dataset("tiny", str(data_root)), name="scaled")
+'''
+
+EPOCH_METHOD = '''
+import numpy as np
+from bench.api import Method
+
+
+class Epochs(Method):
+    name = "epochs"
+
+    def __init__(self, epochs: int = 50, lr: float = 0.1):
+        self.epochs, self.lr = epochs, lr
+
+    def fit(self, train, val=None):
+        self.prior_ = train.Y.mean(axis=0)
+        return self
+
+    def predict_scores(self, data):
+        return np.tile(self.prior_, (data.n_samples, 1))
+'''
+
+
+@pytest.fixture
+def scaled(isolated):
+    (isolated / "datasets" / "scaled.py").write_text(textwrap.dedent(SCALED_DATASET))
+    (isolated / "methods" / "epochs.py").write_text(textwrap.dedent(EPOCH_METHOD))
+    plugins.load.cache_clear()
+    return isolated
+
+
+def stored(tmp_path, method):
+    return list(ResultStore(tmp_path / "results").records("scaled", method))
+
+
+def test_scale_defaults_are_part_of_the_job_and_paper_defaults_leave_them_out(scaled, tmp_path, capsys):
+    argv = ["run", "--method", "epochs,br", "--dataset", "scaled", "--folds", "2", "--no-progress"]
+    assert main(argv) == 0
+    records = stored(tmp_path, "epochs")
+    assert len(records) == 2
+    for rec in records:
+        assert rec["config"]["params"]["epochs"] == 3 and rec["config"]["scale_defaults"] == {"epochs": 3}
+        assert rec["overrides"] == {} and rec["paper_defaults"] is False
+    assert all(r["config"]["params"]["C"] == 0.5 for r in stored(tmp_path, "br"))
+
+    assert main(argv + ["--paper-defaults"]) == 0
+    assert "4 job(s) run, 0 already in" in capsys.readouterr().out  # other jobs: other parameters
+    paper = [r for r in stored(tmp_path, "epochs") if r["paper_defaults"]]
+    assert len(paper) == 2 and all(r["config"]["params"]["epochs"] == 50 and "scale_defaults" not in r["config"]
+                                   for r in paper)
+
+    assert main(argv + ["--set", "epochs=7"]) == 0  # --set wins over the dataset's setting
+    capsys.readouterr()
+    assert {r["config"]["params"]["epochs"] for r in stored(tmp_path, "epochs")} == {3, 50, 7}
+
+
+def test_stored_runs_are_current_under_the_defaults_they_ran_with(scaled, tmp_path):
+    from bench.report import stale_keys
+
+    assert main(["run", "--method", "epochs", "--dataset", "scaled", "--folds", "2", "--no-progress"]) == 0
+    assert main(["run", "--method", "epochs", "--dataset", "scaled", "--folds", "2", "--no-progress",
+                 "--paper-defaults"]) == 0
+    records = stored(tmp_path, "epochs")
+    assert len(records) == 4 and all(stale_keys(r) == [] for r in records)
+    # The dataset's setting changes: the runs made with the old one are stale, the paper ones not.
+    path = scaled / "datasets" / "scaled.py"
+    path.write_text(path.read_text().replace('"epochs": 3', '"epochs": 4'))
+    plugins.load.cache_clear()
+    runner.load_dataset.cache_clear()
+    assert sorted(tuple(stale_keys(r)) for r in stored(tmp_path, "epochs")) == [(), (), ("epochs",), ("epochs",)]
+
+
+def test_job_ids_of_runs_without_scale_defaults_are_unchanged(tmp_path):
+    """Jobs that no scale default touches keep the ids the code before bench.params gave them (taken
+    from commit b1a1eee), so stores made then are reused, not run again."""
+    def ids(overrides):
+        return [j.job_id for j in runner.build_jobs(["br"], ["tiny"], protocol=None, n_folds=2, seeds=None,
+                                                   overrides=overrides, data_root=tmp_path, store_root=tmp_path)]
+
+    assert ids({}) == ["bb2bcb4a4717b04d", "cda68395678f38e2"]
+    assert ids({"C": 0.5}) == ["549144b02b8264e6", "315468f9d6a0ce05"]
+    assert ids({"C": 1}) == ids({})  # an int for the float default 1.0: the same job
