@@ -11,9 +11,10 @@ import inspect
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
-from bench import plugins
+from bench import image_features, plugins
 from bench.errors import BenchError
 
 DEFAULT_DATASET = "mnist-mosaic"
@@ -33,10 +34,36 @@ def default_reports() -> Path:
 
 
 def _seeds(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds expects comma-separated integers, got {text!r}") from None
+    parts = [s.strip() for s in text.split(",")]
+    if not all(p.lstrip("-").isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expects comma-separated integers (e.g. 0,1,2), got {text!r}")
+    seeds = tuple(int(p) for p in parts)
+    if any(seed < 0 for seed in seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be >= 0, got {text!r}")
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"a seed is given twice in {text!r} (it would run the same jobs twice)")
+    return seeds
+
+
+def _int_at_least(low: int, allowed: tuple[int, ...] = (), what: str = ""):
+    """An argparse type: an integer >= ``low`` (or one of ``allowed``)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expects an integer, got {text!r}") from None
+        if value < low and value not in allowed:
+            raise argparse.ArgumentTypeError(f"expects {what or f'an integer >= {low}'}, got {value}")
+        return value
+
+    return parse
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error printed as one line like every other error of ``bench``."""
+
+    def error(self, message: str):
+        raise BenchError(f"{message} (see `{self.prog} --help`)")
 
 
 def _add_tracking_options(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +81,7 @@ def _tracker(args, store_root: Path):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="bench", description="Benchmark multi-label learning methods on the papers' datasets and protocols.")
     parser.add_argument("--results", type=Path, default=None,
                         help="results store folder (default: $BENCH_RESULTS or ./results)")
@@ -74,13 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"dataset name(s), comma-separated, or 'all' (default: {DEFAULT_DATASET})")
     run.add_argument("--protocol", choices=["kfold", "official", "holdout"], default=None,
                      help="evaluation protocol (default: the one the papers used for the dataset)")
-    run.add_argument("--folds", type=int, default=10, help="folds for --protocol kfold (default: 10)")
+    run.add_argument("--folds", type=_int_at_least(2), default=10, help="folds for --protocol kfold (default: 10)")
     run.add_argument("--seeds", type=_seeds, default=None,
                      help="comma-separated seeds (default: 0 for kfold, 0,1,2 official, 0-4 holdout)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    run.add_argument("--jobs", type=int, default=1, help="parallel workers; -1 = one per CPU (default: 1)")
+    run.add_argument("--jobs", type=_int_at_least(1, (-1,), "a positive number of workers, or -1 (one per core)"),
+                     default=1, help="parallel workers; -1 = one per CPU core (default: 1)")
+    run.add_argument("--threads", type=_int_at_least(1), default=None,
+                     help="threads per job for BLAS, OpenMP and torch (default: $BENCH_THREADS, else the CPU "
+                          "cores divided among the running jobs)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a hyper-parameter (repeatable; 'method.key=value' scopes it)")
+    run.add_argument("--paper-defaults", action="store_true",
+                     help="leave out the settings a dataset declares for its scale (e.g. mnist-mosaic's small "
+                          "CNN and short schedule): every method runs with its paper's defaults")
+    run.add_argument("--feature-extractor", default=None, metavar="BACKBONE[@SIZE]",
+                     help="frozen CNN whose per-stage features feature-only methods read on image-only datasets "
+                          f"(default: {image_features.Extractor()}; e.g. resnet101@448)")
     run.add_argument("--force", action="store_true", help="re-run jobs that are already in the store")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_tracking_options(run)
@@ -117,19 +154,18 @@ def _data_root_option(subparser: argparse.ArgumentParser) -> None:
 
 
 def cmd_list(args) -> int:
-    methods = plugins.load("methods")
     print(f"Methods ({', '.join(map(str, plugins.plugin_dirs('methods')))}):")
-    for name, cls in methods.items():
-        print(f"  {name:<16} {'+'.join(sorted(cls.accepts)):<15} {cls.citation}")
+    for name, method in plugins.load("methods").items():  # read from source: nothing imported
+        print(f"  {name:<16} {'+'.join(sorted(method.accepts)):<15} {method.citation}")
     root = args.data_root or default_data_root()
     print(f"\nDatasets (data root: {root}):")
-    for name, cls in plugins.load("datasets").items():
-        dataset = cls()
+    for name in plugins.load("datasets"):
+        cls = plugins.get("datasets", name)
         if cls.embedded:
             from bench.runner import load_dataset
 
             status = load_dataset(name, str(root)).summary()
-        elif dataset.is_available(root):  # not loaded here: reading COCO's annotations takes a while
+        elif cls().is_available(root):  # not loaded here: reading COCO's annotations takes a while
             status = "files present under the data root"
         else:
             hint = f"`bench fetch {name}`" if hasattr(cls, "archives") else "README 'Datasets'"
@@ -140,6 +176,30 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _threads(args) -> int | None:
+    """``--threads``, else ``$BENCH_THREADS``, else None (the cores divided among the running jobs)."""
+    if args.threads is not None or not os.environ.get("BENCH_THREADS"):
+        return args.threads
+    try:
+        return _int_at_least(1)(os.environ["BENCH_THREADS"])
+    except argparse.ArgumentTypeError as exc:
+        raise BenchError(f"$BENCH_THREADS {exc}") from None
+
+
+def writable_folder(path: Path, what: str) -> Path:
+    """``path``, created if needed, once a file could be written in it (before any job runs)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".bench-write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BenchError(f"{what} folder {path} cannot be written ({exc.strerror or exc}); "
+                         f"choose another with {'--results or $BENCH_RESULTS' if what == 'results' else '$BENCH_REPORTS'}"
+                         ) from None
+    return path
+
+
 def cmd_run(args) -> int:
     from bench.report import build_tables, to_markdown, write_reports
     from bench.runner import build_jobs, parse_overrides, run_jobs
@@ -147,16 +207,18 @@ def cmd_run(args) -> int:
 
     methods = plugins.resolve_names("methods", args.method)
     datasets = plugins.resolve_names("datasets", args.dataset)
-    store_root = args.results or default_results()
+    store_root = writable_folder(args.results or default_results(), "results")
+    reports_root = writable_folder(default_reports(), "reports")
     jobs = build_jobs(
         methods, datasets, protocol=args.protocol, n_folds=args.folds, seeds=args.seeds,
         overrides=parse_overrides(args.overrides), data_root=args.data_root or default_data_root(),
-        store_root=store_root, strict=args.method != "all",
+        store_root=store_root, strict=args.method != "all", paper_defaults=args.paper_defaults,
+        feature_extractor=args.feature_extractor,
     )
     if not jobs:
         raise BenchError("no job to run: no selected method accepts the selected datasets' views")
     tracker = _tracker(args, store_root)
-    summary = run_jobs(jobs, device=args.device, n_jobs=args.jobs, force=args.force,
+    summary = run_jobs(jobs, device=args.device, n_jobs=args.jobs, threads=_threads(args), force=args.force,
                        progress=not args.no_progress, on_record=tracker.log_job if tracker else None)
     if tracker:  # parents' mean/std over every stored fold, and jobs stored earlier without MLflow
         tracker.sync(ResultStore(store_root), summary.records)
@@ -168,7 +230,7 @@ def cmd_run(args) -> int:
     for table in build_tables(stored):
         print()
         print(to_markdown(table, transpose=True))
-    _, written = write_reports(store, default_reports(), datasets=datasets)
+    _, written = write_reports(store, reports_root, datasets=datasets)
     if written:
         print(f"tables of all stored runs on {', '.join(datasets)} written to {written[0].parent}")
     for failure in summary.failures:
@@ -254,11 +316,11 @@ def _figures_and_tracking(args, store_root: Path, out_dir: Path, tables, written
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="bench: %(levelname)s: %(message)s")
     commands = {"list": cmd_list, "run": cmd_run, "report": cmd_report, "fetch": cmd_fetch}
     try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="bench: %(levelname)s: %(message)s")
         return commands[args.command](args)
     except BenchError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)

@@ -27,6 +27,7 @@ view whose row count differs from the labels', a non-numeric value, a missing im
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 from typing import ClassVar
@@ -35,21 +36,58 @@ import numpy as np
 
 from bench.api import Dataset
 from bench.data import ImageView, MultiLabelData
-from bench.errors import BenchError
+from bench.errors import BenchError, one_line, plain
 
 SPLIT_COLUMN = "split"
 SPLIT_VALUES = ("train", "test")
 
 
-def read_csv(path: Path):
+def read_csv(path: Path, *, columns_are: str = "column names"):
+    """A CSV file with a header row, checked: every column named, no name twice, and a first row
+    that is not data (a file without a header would silently lose its first example to it)."""
     import pandas as pd
 
     if not path.is_file():
         raise BenchError(f"{path}: file not found")
     try:
-        return pd.read_csv(path)
+        table = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise BenchError(f"{path}: malformed CSV ({str(exc).strip().splitlines()[0]})") from None
+    check_header(raw_header(path), path, columns_are)
+    return table
+
+
+def raw_header(path: Path) -> list[str]:
+    """The first row of a CSV file as written (pandas renames duplicate and empty names)."""
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        return [cell.strip() for cell in next(csv.reader(f), [])]
+
+
+def check_header(header: list[str], path: Path, columns_are: str) -> None:
+    if not header:
+        raise BenchError(f"{path}: empty header row; expected {columns_are}")
+    if any(not cell for cell in header):
+        raise BenchError(f"{path}: column {header.index('') + 1} of the header row has no name; "
+                         f"expected {columns_are}")
+    if _looks_like_data(header):
+        shown = ", ".join(header[:4]) + (", ..." if len(header) > 4 else "")
+        raise BenchError(f"{path}: the first row ({shown}) looks like data, not a header; "
+                         f"add a header row of {columns_are}")
+    duplicates = sorted({cell for cell in header if header.count(cell) > 1})
+    if duplicates:
+        raise BenchError(f"{path}: duplicate column name(s) {duplicates} in the header row")
+
+
+def _looks_like_data(header: list[str]) -> bool:
+    """Every cell a number, and not pandas' default names 0..d-1 (``to_csv`` of an unnamed frame)."""
+    def number(cell: str) -> bool:
+        try:
+            float(cell)
+        except ValueError:
+            return False
+        return True
+
+    return all(number(c) for c in header) and header != [str(i) for i in range(len(header))]
 
 
 def binary_labels(values, path: Path, label_names) -> np.ndarray:
@@ -61,7 +99,8 @@ def binary_labels(values, path: Path, label_names) -> np.ndarray:
     bad = ~np.isin(Y, (0, 1)) if numeric else np.ones(Y.shape, dtype=bool)
     if bad.any():
         r, c = np.argwhere(bad)[0]
-        raise BenchError(f"{path}: label {label_names[c]!r} of row {r} is {Y[r, c]!r}; labels must be 0 or 1")
+        raise BenchError(f"{path}: label {label_names[c]!r} of row {int(r)} is {plain(Y[r, c])!r}; "
+                         "labels must be 0 or 1")
     return Y.astype(np.uint8)
 
 
@@ -69,7 +108,8 @@ def split_indices(column, path: Path) -> dict[str, np.ndarray]:
     values = np.asarray(column, dtype=str)
     unknown = sorted(set(values) - set(SPLIT_VALUES))
     if unknown:
-        raise BenchError(f"{path}: column {SPLIT_COLUMN!r} must be 'train' or 'test', found {unknown[:3]}")
+        raise BenchError(f"{path}: column {SPLIT_COLUMN!r} must be 'train' or 'test', found "
+                         f"{[str(u) for u in unknown[:3]]}")
     return {s: np.flatnonzero(values == s) for s in SPLIT_VALUES}
 
 
@@ -80,6 +120,18 @@ def numeric_view(values, path: Path) -> np.ndarray:
     if not np.issubdtype(array.dtype, np.number):
         raise BenchError(f"{path}: a feature view must be numeric, got dtype {array.dtype}")
     return array.astype(np.float32)
+
+
+def contract(dataset: Dataset, source: Path, views: dict, Y: np.ndarray, label_names, splits: dict) -> MultiLabelData:
+    """The :class:`MultiLabelData` of files read from ``source``; a check it fails names that file."""
+    try:
+        return MultiLabelData(
+            name=dataset.name, views=views, Y=Y, label_names=label_names,
+            protocol="official" if splits else dataset.protocol, splits=splits,
+            citation=dataset.citation, description=dataset.description,
+        )
+    except BenchError as exc:
+        raise BenchError(f"{source}: {exc}") from None
 
 
 class ImageFolderCSV(Dataset):
@@ -97,18 +149,14 @@ class ImageFolderCSV(Dataset):
     def load(self, data_root: Path) -> MultiLabelData:
         root = self.root(data_root)
         path = root / "labels.csv"
-        table = read_csv(path)
+        table = read_csv(path, columns_are="'image', optionally 'split', and one name per label")
         if "image" not in table.columns:
             raise BenchError(f"{path}: expected a column 'image' (paths relative to {root / 'images'})")
         label_names = [c for c in table.columns if c not in ("image", SPLIT_COLUMN)]
         Y = binary_labels(table[label_names].to_numpy(), path, label_names)
         paths = self.image_paths(root / "images", table["image"].astype(str).tolist(), path)
         splits = split_indices(table[SPLIT_COLUMN], path) if SPLIT_COLUMN in table.columns else {}
-        return MultiLabelData(
-            name=self.name, views={"image": ImageView(paths=paths)}, Y=Y, label_names=label_names,
-            protocol="official" if splits else self.protocol, splits=splits,
-            citation=self.citation, description=self.description,
-        )
+        return contract(self, path, {"image": ImageView(paths=paths)}, Y, label_names, splits)
 
     @staticmethod
     def image_paths(folder: Path, names: list[str], listed_in: Path) -> tuple[Path, ...]:
@@ -117,8 +165,12 @@ class ImageFolderCSV(Dataset):
             raise BenchError(f"{listed_in}: image {duplicate!r} is listed more than once")
         listings: dict[Path, set[str]] = {}
         paths = []
+        base = os.path.normpath(folder)
         for name in names:
-            path = folder / name
+            path = Path(os.path.normpath(os.path.join(base, name)))
+            if os.path.commonpath([base, path]) != base:  # "../x.jpg", "/etc/x.jpg"
+                raise BenchError(f"{listed_in}: image path {name!r} leaves {folder}; paths must be relative "
+                                 "to it and stay inside it")
             if path.parent not in listings:  # one listing per folder, not one stat per image
                 listings[path.parent] = set(os.listdir(path.parent)) if path.parent.is_dir() else set()
             if path.name not in listings[path.parent]:
@@ -143,14 +195,12 @@ class MultiViewFiles(Dataset):
     def load(self, data_root: Path) -> MultiLabelData:
         root = self.root(data_root)
         if (root / "views.npz").is_file():
-            views, Y, label_names, splits = self.read_npz(root / "views.npz")
+            source = root / "views.npz"
+            views, Y, label_names, splits = self.read_npz(source)
         else:
+            source = root / "labels.csv"
             views, Y, label_names, splits = self.read_csvs(root)
-        return MultiLabelData(
-            name=self.name, views=views, Y=Y, label_names=label_names,
-            protocol="official" if splits else self.protocol, splits=splits,
-            citation=self.citation, description=self.description,
-        )
+        return contract(self, source, views, Y, label_names, splits)
 
     @staticmethod
     def read_npz(path: Path):
@@ -159,8 +209,8 @@ class MultiViewFiles(Dataset):
         try:
             with np.load(path, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
-            raise BenchError(f"{path}: not a readable .npz file ({exc})") from None
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+            raise BenchError(f"{path}: not a readable .npz file ({one_line(exc) or type(exc).__name__})") from None
         if "Y" not in arrays:
             raise BenchError(f"{path}: no label array 'Y' (found {sorted(arrays)})")
         Y = arrays.pop("Y")
@@ -186,7 +236,7 @@ class MultiViewFiles(Dataset):
     @staticmethod
     def read_csvs(root: Path):
         path = root / "labels.csv"
-        table = read_csv(path)
+        table = read_csv(path, columns_are="label names (and optionally 'split')")
         label_names = [c for c in table.columns if c != SPLIT_COLUMN]
         Y = binary_labels(table[label_names].to_numpy(), path, label_names)
         splits = split_indices(table[SPLIT_COLUMN], path) if SPLIT_COLUMN in table.columns else {}
@@ -195,7 +245,7 @@ class MultiViewFiles(Dataset):
             raise BenchError(f"{root / 'views'}: no view file (expected views/<name>.csv, one per view)")
         views = {}
         for file in files:
-            views[file.stem] = numeric_view(read_csv(file).to_numpy(), file)
+            views[file.stem] = numeric_view(read_csv(file, columns_are="feature names").to_numpy(), file)
             if len(views[file.stem]) != len(Y):
                 raise BenchError(f"{file}: {len(views[file.stem])} rows, {path.name} has {len(Y)}")
         return views, Y, label_names, splits

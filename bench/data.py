@@ -157,11 +157,21 @@ def _validate(data: MultiLabelData) -> None:
         bad = np.unique(Y[~np.isin(Y, (0, 1))])[:5]
         raise BenchError(f"{where}: label matrix Y must contain only 0/1, found values {bad.tolist()}")
     object.__setattr__(data, "Y", Y.astype(np.uint8, copy=False))
+    if Y.shape[0] == 0 or Y.shape[1] == 0:
+        raise BenchError(f"{where}: no {'examples' if Y.shape[0] == 0 else 'labels'} (label matrix Y has "
+                         f"shape {Y.shape})")
     if len(data.label_names) != Y.shape[1]:
         raise BenchError(
             f"{where}: {len(data.label_names)} label names for {Y.shape[1]} label columns"
         )
-    object.__setattr__(data, "label_names", tuple(str(n) for n in data.label_names))
+    names = tuple(str(n) for n in data.label_names)
+    empty = [i for i, n in enumerate(names) if not n.strip()]
+    if empty:
+        raise BenchError(f"{where}: label column {empty[0]} has an empty name")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise BenchError(f"{where}: duplicate label name(s) {duplicates}; each label column needs its own name")
+    object.__setattr__(data, "label_names", names)
     if data.ignore is not None:
         ignore = np.asarray(data.ignore)
         if ignore.shape != Y.shape or not np.isin(ignore, (0, 1)).all():
@@ -180,8 +190,8 @@ def _validate(data: MultiLabelData) -> None:
             views[name] = view
             continue
         arr = np.asarray(view)
-        if arr.ndim != 2:
-            raise BenchError(f"{where}: feature view {name!r} must be 2-D [N, d], got shape {arr.shape}")
+        if arr.ndim != 2 or arr.shape[1] == 0:
+            raise BenchError(f"{where}: feature view {name!r} must be 2-D [N, d] with d >= 1, got shape {arr.shape}")
         if not np.issubdtype(arr.dtype, np.number):
             raise BenchError(f"{where}: feature view {name!r} must be numeric, got dtype {arr.dtype}")
         arr = arr.astype(np.float32, copy=False)
@@ -194,7 +204,29 @@ def _validate(data: MultiLabelData) -> None:
     if sum(isinstance(v, ImageView) for v in views.values()) > 1:
         raise BenchError(f"{where}: at most one image view is supported")
     object.__setattr__(data, "views", views)
-    for split, idx in data.splits.items():
+    object.__setattr__(data, "splits", _validated_splits(where, data.splits, Y.shape[0]))
+
+
+def _validated_splits(where: str, splits: dict, n: int) -> dict[str, np.ndarray]:
+    """Official splits as int64 index arrays: 1-D, in range, no index twice, no two splits sharing
+    an example (a shared one would leak test labels into training)."""
+    out = {}
+    for split, idx in splits.items():
         idx = np.asarray(idx)
-        if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= Y.shape[0])):
-            raise BenchError(f"{where}: split {split!r} must be 1-D indices into [0, {Y.shape[0]})")
+        if idx.size == 0:
+            idx = idx.astype(np.int64)
+        if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer) or (
+                idx.size and (idx.min() < 0 or idx.max() >= n)):
+            raise BenchError(f"{where}: split {split!r} must be 1-D integer indices into [0, {n})")
+        values, counts = np.unique(idx, return_counts=True)
+        if (counts > 1).any():
+            twice = values[counts > 1]
+            raise BenchError(f"{where}: split {split!r} lists {twice.size} example(s) more than once "
+                             f"(first: index {int(twice[0])})")
+        for other, other_idx in out.items():
+            shared = np.intersect1d(other_idx, idx)
+            if shared.size:
+                raise BenchError(f"{where}: splits {other!r} and {split!r} share {shared.size} example(s) "
+                                 f"(first: index {int(shared[0])}); a {split} example must not be a {other} one")
+        out[split] = idx.astype(np.int64, copy=False)
+    return out

@@ -80,10 +80,17 @@ def _official(data: MultiLabelData, seed: int) -> Split:
         raise BenchError(
             f"dataset {data.name!r} has no official train/test split; use --protocol kfold or holdout"
         )
-    return Split("official", seed, 0, 1, np.asarray(data.splits["train"]), np.asarray(data.splits["test"]))
+    train, test = np.asarray(data.splits["train"]), np.asarray(data.splits["test"])
+    if not train.size or not test.size:
+        raise BenchError(f"dataset {data.name!r}: its official {'train' if not train.size else 'test'} split "
+                         "is empty; use --protocol kfold or holdout")
+    return Split("official", seed, 0, 1, train, test)
 
 
 def _holdout(data: MultiLabelData, seed: int) -> Split:
+    if data.n_samples < 2:
+        raise BenchError(f"dataset {data.name!r} has {data.n_samples} example(s); a hold-out split needs at "
+                         "least 2 (one to train on, one to test)")
     cv = ShuffleSplit(n_splits=1, test_size=HOLDOUT_TEST_FRACTION, random_state=seed)
     train, test = next(cv.split(np.zeros((data.n_samples, 1))))
     return Split("holdout", seed, 0, 1, train, test)

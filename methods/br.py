@@ -29,6 +29,13 @@ class BinaryRelevance(Method):
     name = "br"
     accepts = frozenset({FEATURES})
     citation = "Boutell et al., Pattern Recognition 2004 (binary relevance); logistic regression per label"
+    # scikit-learn's own checks of its arguments, so that `bench run --set C=-1` is refused before any job.
+    _parameter_constraints = {
+        "C": LogisticRegression._parameter_constraints["C"],
+        "max_iter": LogisticRegression._parameter_constraints["max_iter"],
+        "standardize": ["boolean"],
+        "random_state": ["random_state"],
+    }
 
     def __init__(self, C: float = 1.0, max_iter: int = 1000, standardize: bool = True, random_state: int = 0):
         self.C = C

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench.cli import main
@@ -72,3 +75,177 @@ def test_readme_plugin_example_runs_as_documented(isolated, capsys):
     assert main(["run", "--method", "prior,br", "--dataset", "tiny", "--folds", "2", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "| Metric | br | prior |" in out
+
+
+# --------------------------------------------------------------------------- light start
+PROBE = ("import sys; from bench.cli import main; rc = main(sys.argv[1:]); "
+         "print('imported:', ' '.join(m for m in ('torch', 'torchvision', 'mlflow') if m in sys.modules)); "
+         "sys.exit(rc)")
+
+
+@pytest.mark.parametrize("argv", [["list"], ["run", "--method", "br", "--folds", "2", "--no-progress", "--no-mlflow"]])
+def test_list_and_a_br_run_leave_torch_and_mlflow_unimported(argv):
+    """`bench list` and `bench run --method br` (on the default dataset) never import torch, whose
+    import costs 1-2 s and ~600 MiB, nor MLflow when it is off (a fresh process: this one has torch)."""
+    out = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "imported:"
+    if argv[0] == "run":
+        assert "2 job(s) run" in out.stdout
+
+
+# --------------------------------------------------------------------------- bad input, refused up front
+def custom_views(root: Path, n: int = 100, **arrays) -> None:
+    rng = np.random.default_rng(0)
+    folder = root / "custom-views"
+    folder.mkdir(parents=True, exist_ok=True)
+    content = {"Y": rng.integers(0, 2, size=(n, 3)), "a": rng.normal(size=(n, 4)), **arrays}
+    np.savez(folder / "views.npz", **{k: v for k, v in content.items() if v is not None})
+
+
+def custom_csvs(root: Path, labels: str, view: str) -> None:
+    folder = root / "custom-views"
+    (folder / "views").mkdir(parents=True, exist_ok=True)
+    (folder / "labels.csv").write_text(labels)
+    (folder / "views" / "1_a.csv").write_text(view)
+
+
+LABELS = "x,y\n" + "".join(f"{i % 2},{(i // 2) % 2}\n" for i in range(30))
+VIEW = "f1,f2\n" + "".join(f"{i * 0.5},{i % 7 * 1.5}\n" for i in range(30))
+
+
+def custom_images(root: Path, listed: str) -> None:
+    folder = root / "custom-images"
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (root / "secret.jpg").write_bytes(b"\xff\xd8 outside the images folder \xff\xd9")
+    (folder / "labels.csv").write_text(f"image,cat\n{listed},1\n")
+
+
+BAD_INPUT = {
+    "--set with a string for a float": (
+        None, ["--set", "C=abc"], "--set C='abc': method 'br' expects C: float, got the string 'abc'"),
+    "--set with a boolean for a float": (
+        None, ["--set", "C=true"], "--set C=True: method 'br' expects C: float, got the boolean True"),
+    "--set outside scikit-learn's constraints": (
+        None, ["--set", "C=-1"], "The 'C' parameter of BinaryRelevance must be a float in the range (0.0, inf]"),
+    "--set twice": (None, ["--set", "C=1", "--set", "C=2"], "--set C is given twice"),
+    "--seeds empty": (None, ["--seeds", ""], "argument --seeds: expects comma-separated integers"),
+    "--seeds repeated": (None, ["--seeds", "0,0"], "argument --seeds: a seed is given twice in '0,0'"),
+    "--jobs 0": (None, ["--jobs", "0"], "argument --jobs: expects a positive number of workers, or -1"),
+    "--threads 0": (None, ["--threads", "0"], "argument --threads: expects an integer >= 1, got 0"),
+    "--method empty": (None, ["--method", ","], "no method given"),
+    "empty npz file": (
+        lambda root: (custom_views(root), (root / "custom-views" / "views.npz").write_bytes(b"")),
+        ["--dataset", "custom-views"], "views.npz: not a readable .npz file (No data left in file)"),
+    "npz without examples": (
+        lambda root: custom_views(root, n=0), ["--dataset", "custom-views"], "dataset 'custom-views': no examples"),
+    "a one-example hold-out": (
+        lambda root: custom_views(root, n=1), ["--dataset", "custom-views", "--protocol", "holdout"],
+        "has 1 example(s); a hold-out split needs at least 2"),
+    "train and test overlap (a leak)": (
+        lambda root: custom_views(root, train_idx=np.arange(0, 70), test_idx=np.arange(20, 100)),
+        ["--dataset", "custom-views"], "splits 'train' and 'test' share 50 example(s) (first: index 20)"),
+    "an index listed twice": (
+        lambda root: custom_views(root, train_idx=np.r_[0:50, 3], test_idx=np.arange(50, 100)),
+        ["--dataset", "custom-views"], "split 'train' lists 1 example(s) more than once (first: index 3)"),
+    "a zero-column view": (
+        lambda root: custom_views(root, b=np.zeros((100, 0))), ["--dataset", "custom-views"],
+        "feature view 'b' must be 2-D [N, d] with d >= 1, got shape (100, 0)"),
+    "duplicate label names": (
+        lambda root: custom_views(root, label_names=np.array(["a", "b", "a"])), ["--dataset", "custom-views"],
+        "duplicate label name(s) ['a']"),
+    "labels.csv without a header": (
+        lambda root: custom_csvs(root, LABELS.split("\n", 1)[1], VIEW), ["--dataset", "custom-views"],
+        "labels.csv: the first row (0, 0) looks like data, not a header; add a header row of label names"),
+    "a view csv without a header": (
+        lambda root: custom_csvs(root, LABELS, VIEW.split("\n", 1)[1]), ["--dataset", "custom-views"],
+        "1_a.csv: the first row (0.0, 0.0) looks like data, not a header; add a header row of feature names"),
+    "duplicate columns in labels.csv": (
+        lambda root: custom_csvs(root, LABELS.replace("x,y", "x,x", 1), VIEW), ["--dataset", "custom-views"],
+        "labels.csv: duplicate column name(s) ['x'] in the header row"),
+    "a label that is not 0/1 (shown as a number)": (
+        lambda root: custom_views(root, Y=np.full((100, 3), 2, dtype=np.uint8)), ["--dataset", "custom-views"],
+        "label 'label0' of row 0 is 2; labels must be 0 or 1"),
+    "an image path leaving images/": (
+        lambda root: custom_images(root, "../../secret.jpg"), ["--dataset", "custom-images"],
+        "image path '../../secret.jpg' leaves"),
+    "an absolute image path": (
+        lambda root: custom_images(root, str(root / "secret.jpg")), ["--dataset", "custom-images"],
+        "secret.jpg' leaves"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_input_is_refused_before_any_job_in_one_line(case, tmp_path, capsys):
+    setup, argv, message = BAD_INPUT[case]
+    if setup:
+        setup(tmp_path / "data")
+    args = ["run", "--method", "br", "--dataset", "tiny", "--folds", "2", "--no-progress"]
+    overridden = {argv[i]: i for i in range(0, len(argv) - 1, 2)}
+    for option in list(overridden):
+        if option in args:  # the case's value replaces the default one
+            del args[args.index(option):args.index(option) + 2]
+    assert main(args + argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench: error: ") and err.count("\n") == 1, err
+    assert message in err and "Traceback" not in err
+    assert not list((tmp_path / "results").rglob("*.json"))  # no job ran
+
+
+def test_an_unwritable_results_folder_is_found_before_any_job(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    argv = ["--results", str(blocker / "results"), "run", "--method", "br", "--dataset", "tiny", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"results folder {blocker / 'results'} cannot be written" in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_results_folder_is_found_before_any_job(tmp_path, capsys):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    assert main(["--results", str(folder), "run", "--method", "br", "--dataset", "tiny", "--no-progress"]) == 2
+    assert "cannot be written (Permission denied)" in capsys.readouterr().err
+
+
+def test_too_many_folds_warn_in_one_line():
+    argv = ["run", "--method", "br", "--dataset", "tiny", "--folds", "20", "--no-progress"]
+    out = subprocess.run([sys.executable, "-m", "bench.cli", *argv], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    from bench.runner import load_dataset
+
+    Y = load_dataset("tiny", "unused").Y
+    folds = MultilabelStratifiedKFold(n_splits=20, shuffle=True, random_state=0).split(np.zeros((120, 1)), Y)
+    smallest = min(len(test) for _, test in folds)
+    warnings = [line for line in out.stderr.splitlines() if "fewer than 10" in line]
+    assert warnings == [f"bench: WARNING: dataset 'tiny': kfold test folds hold as few as {smallest} examples "
+                        "(fewer than 10): their metrics are noisy and partly undefined; use fewer folds"]
+
+
+def test_an_image_that_fails_to_decode_in_a_loader_worker_is_one_line_naming_it(tmp_path, capsys):
+    """The file is found bad only when a DataLoader worker decodes it, so the job fails (exit 1,
+    after the other jobs): in one line naming the file, not with the worker's traceback."""
+    from PIL import Image
+
+    folder = tmp_path / "data" / "custom-images"
+    (folder / "images").mkdir(parents=True)
+    rows = []
+    for i in range(12):
+        buffer = io.BytesIO()
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buffer, "JPEG")
+        data = buffer.getvalue()
+        (folder / "images" / f"{i}.jpg").write_bytes(data[: len(data) // 2] if i == 5 else data)
+        rows.append(f"{i}.jpg,{'test' if i >= 8 else 'train'},{i % 2},{(i // 2) % 2}\n")
+    (folder / "labels.csv").write_text("image,split,a,b\n" + "".join(rows))
+    settings = ["backbone=small-cnn", "pretrained=false", "image_size=16", "resize=none", "epochs=1",
+                "batch_size=4", "num_workers=1"]
+    argv = ["run", "--method", "der", "--dataset", "custom-images", "--seeds", "0", "--no-progress", "--device", "cpu"]
+    assert main(argv + [a for s in settings for a in ("--set", s)]) == 1
+    err = capsys.readouterr().err
+    failed = [line for line in err.splitlines() if line.startswith("bench: job failed:")]
+    assert len(failed) == 1 and "Traceback" not in err and "worker" not in err, err
+    assert f"image file {folder / 'images' / '5.jpg'} cannot be decoded" in failed[0]

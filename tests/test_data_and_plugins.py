@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 
 from bench import plugins
 from bench.api import Method
+from bench.cli import main
 from bench.data import ImageView, MultiLabelData
 from bench.errors import BenchError
 
@@ -41,7 +43,7 @@ def test_valid_data_is_normalised_and_described():
         ({"views": {"f": np.ones((3, 2, 2))}}, "must be 2-D [N, d]"),
         ({"views": {"f": np.array([["a"], ["b"], ["c"]])}}, "must be numeric"),
         ({"protocol": "bogus"}, "protocol 'bogus' is not one of"),
-        ({"splits": {"train": np.array([0, 5])}}, "split 'train' must be 1-D indices into [0, 3)"),
+        ({"splits": {"train": np.array([0, 5])}}, "split 'train' must be 1-D integer indices into [0, 3)"),
     ],
 )
 def test_bad_data_gives_one_line_error(kwargs, message):
@@ -69,15 +71,100 @@ def test_dropped_in_method_file_is_listed_and_not_a_top_level_package(isolated):
     (isolated / "methods" / "broken.py").write_text("raise RuntimeError('oops')\n")
     registry = plugins.load("methods")
     assert {"mine", "br"} <= set(registry)
-    assert issubclass(registry["mine"], Method)
-    assert registry["mine"].__module__ == "bench_plugins.methods.mine"
+    assert issubclass(plugins.get("methods", "mine"), Method)
+    assert plugins.get("methods", "mine").__module__ == "bench_plugins.methods.mine"
     assert "methods" not in sys.modules and "datasets" not in sys.modules
 
 
+# A plug-in file that leaves a mark when it is imported, with attributes of every shape the
+# registry reads from source: literals, constants of bench.data, inherited ones, sums of strings.
+MARKED_PLUGIN = """
+import pathlib
+from bench.api import Method
+from bench.data import FEATURES, IMAGE
+pathlib.Path(__file__).with_suffix(".imported").write_text("yes")
+PREFIX = "Doe et al. "
+
+
+class Base(Method):
+    accepts = frozenset({IMAGE, FEATURES})
+    citation = PREFIX + "2020"
+
+
+class Full(Base):
+    name = "full"
+    description = "the full model"
+
+
+class Ablated(Full):
+    name = "ablated"
+    ablation_of = "full"
+    citation = Full.citation + "; ablation"
+"""
+
+
+def test_registry_reads_plugin_attributes_from_source_and_imports_on_use(isolated):
+    path = isolated / "methods" / "marked.py"
+    path.write_text(MARKED_PLUGIN)
+    registry = plugins.load("methods")
+    full, ablated = registry["full"], registry["ablated"]
+    assert full.accepts == frozenset({"image", "features"}) and full.citation == "Doe et al. 2020"
+    assert ablated.ablation_of == "full" and ablated.citation == "Doe et al. 2020; ablation"
+    assert full.ablation_of == "" and ablated.description == "the full model" and full.threshold == 0.5
+    assert "Base" not in registry and not path.with_suffix(".imported").exists()  # nothing ran
+
+    cls = plugins.get("methods", "ablated")  # now the file runs, once for both classes
+    assert path.with_suffix(".imported").exists()
+    assert issubclass(cls, Method) and cls.citation == ablated.citation
+    assert plugins.get("methods", "full") is sys.modules[cls.__module__].Full
+
+
+def test_every_shipped_plugin_attribute_read_from_source_is_the_class_attribute():
+    """The source reader against Python itself, on every method and dataset file in the checkout."""
+    attributes = ("name", "accepts", "citation", "ablation_of", "threshold", "description", "embedded",
+                  "protocol", "metric_set", "scale_defaults")
+    compared = 0
+    for kind in ("methods", "datasets"):
+        for name, plugin in plugins.load(kind).items():
+            cls = plugins.get(kind, name)
+            for attr in attributes:
+                if hasattr(cls, attr):
+                    assert plugin._source.attr(attr) == getattr(cls, attr), (name, attr)
+                    compared += 1
+    assert compared > 100
+
+
+def test_a_broken_plugin_file_hides_no_other(isolated, caplog, capsys):
+    (isolated / "methods" / "typo.py").write_text("class Typo(:\n")
+    (isolated / "methods" / "fails.py").write_text(
+        "from bench.api import Method\nimport no_such_module_anywhere\n"
+        "class Fails(Method):\n    name = 'fails'\n")
+    registry = plugins.load("methods")
+    assert "br" in registry and "fails" in registry  # listed from its source
+    assert "skipping plug-in" in caplog.text and "typo.py" in caplog.text
+    with pytest.raises(BenchError, match=r"plug-in file .*fails.py failed to import: ModuleNotFoundError"):
+        plugins.get("methods", "fails")
+    assert main(["run", "--method", "fails", "--dataset", "tiny", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fails.py failed to import" in err and "Traceback" not in err
+    assert main(["run", "--method", "br", "--dataset", "tiny", "--folds", "2", "--no-progress"]) == 0
+
+
+def test_a_plugin_the_source_cannot_tell_is_imported_at_discovery(isolated):
+    (isolated / "methods" / "dynamic.py").write_text(
+        "from bench.api import Method\nBase = type('Base', (Method,), {})\n"
+        "class Dynamic(Base):\n    name = 'dynamic'\n    citation = 'made at import'\n")
+    registry = plugins.load("methods")
+    assert registry["dynamic"].is_loaded and registry["dynamic"].citation == "made at import"
+
+
 def test_install_does_not_create_top_level_methods_or_datasets_packages(tmp_path):
-    # Run outside the checkout, where only what `pip install` put on sys.path is importable.
+    # Run outside the checkout, where only what `pip install` put on sys.path is importable
+    # (PYTHONPATH, which points the tests' subprocesses at a worktree, would add the checkout).
     code = "import importlib.util as u, bench; print(u.find_spec('methods'), bench.__name__)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
+                         env=env)
     assert out.stdout.split() == ["None", "bench"]
 
 
