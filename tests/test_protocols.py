@@ -114,3 +114,32 @@ def test_each_protocols_default_seeds():
     kfold = make_splits(dataset(n=40), "kfold", n_folds=4)
     assert [(s.seed, s.fold) for s in kfold] == [(0, 0), (0, 1), (0, 2), (0, 3)]
     assert make_splits(dataset(n=40), "kfold", n_folds=4, seeds=(3,))[0].seed == 3
+
+
+def test_each_split_says_what_it_is():
+    idx = np.arange(20)
+    (official,) = make_splits(dataset(n=20, protocol="official", splits={"train": idx[:15], "test": idx[15:]}),
+                              seeds=(2,))
+    (holdout,) = make_splits(dataset(n=20), "holdout", seeds=(3,))
+    kfold = make_splits(dataset(n=20), "kfold", n_folds=4, seeds=(1,))
+    assert (official.protocol, official.seed, official.fold, official.n_folds) == ("official", 2, 0, 1)
+    assert (holdout.protocol, holdout.seed, holdout.fold, holdout.n_folds) == ("holdout", 3, 0, 1)
+    assert [(s.protocol, s.seed, s.fold, s.n_folds) for s in kfold] == [("kfold", 1, f, 4) for f in range(4)]
+
+
+def test_ten_folds_by_default_and_as_many_folds_as_examples_at_most():
+    assert len(make_splits(dataset(n=40), "kfold")) == 10
+    leave_one_out = make_splits(dataset(n=12), "kfold", n_folds=12)
+    assert sorted(int(s.test[0]) for s in leave_one_out) == list(range(12))
+    with pytest.raises(BenchError, match="between 2 and the 12 examples, got 13"):
+        make_splits(dataset(n=12), "kfold", n_folds=13)
+
+
+def test_holdout_is_reproducible_for_a_seed():
+    a, b = (make_splits(dataset(n=50), "holdout", seeds=(7,))[0] for _ in range(2))
+    assert a.train.tolist() == b.train.tolist() and a.test.tolist() == b.test.tolist()
+
+
+def test_an_unknown_protocol_names_the_known_ones():
+    with pytest.raises(BenchError, match=r"^unknown protocol 'loo'; choose one of kfold, official, holdout$"):
+        make_splits(dataset(), "loo")
