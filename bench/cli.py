@@ -230,7 +230,8 @@ def cmd_run(args) -> int:
     for table in build_tables(stored):
         print()
         print(to_markdown(table, transpose=True))
-    _, written = write_reports(store, reports_root, datasets=datasets)
+    # A leaderboard ranks methods across datasets: with one dataset there is none to build (nor to import).
+    _, written = write_reports(store, reports_root, datasets=datasets, leaderboard=len(datasets) > 1)
     if written:
         print(f"tables of all stored runs on {', '.join(datasets)} written to {written[0].parent}")
     for failure in summary.failures:

@@ -127,11 +127,12 @@ def code_version() -> str:
 
 
 def _environment(device: str, threads: dict) -> dict:
-    """Where a job ran: host, device, code version, the thread limits it ran under and the versions
-    of the libraries its numbers depend on (those imported by then)."""
+    """Where a job ran: host, device, code version, the thread limits it ran under, the machine's
+    load (its timings depend on it) and the versions of the libraries its numbers depend on (those
+    imported by then)."""
     env = {"python": platform.python_version(), "host": platform.node(), "machine": platform.machine(),
-           "cpus": backends.available_cores(), "device": device, "code": code_version(), "threads": threads,
-           "libraries": library_versions()}
+           "cpus": backends.available_cores(), "load": round(backends.busy_cores(), 2), "device": device,
+           "code": code_version(), "threads": threads, "libraries": library_versions()}
     torch = sys.modules.get("torch")
     if torch is not None and device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
@@ -188,7 +189,7 @@ def execute(job: Job, device: str) -> dict:
         job_params["device"] = device
     notes = _empty_label_notes(job, data, train)
 
-    with backends.thread_limits(job.threads or backends.available_cores()) as threads:
+    with backends.thread_limits(job.threads or backends.threads_per_job(1)) as threads:
         method = cls(**job_params)
         seed_everything(job.split.seed)
         t0 = time.perf_counter()

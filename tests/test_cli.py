@@ -80,15 +80,16 @@ def test_readme_plugin_example_runs_as_documented(isolated, capsys):
 
 
 # --------------------------------------------------------------------------- light start
+HEAVY = ("torch", "torchvision", "mlflow", "scikit_posthocs", "matplotlib")
 PROBE = ("import sys; from bench.cli import main; rc = main(sys.argv[1:]); "
-         "print('imported:', ' '.join(m for m in ('torch', 'torchvision', 'mlflow') if m in sys.modules)); "
-         "sys.exit(rc)")
+         f"print('imported:', ' '.join(m for m in {HEAVY!r} if m in sys.modules)); sys.exit(rc)")
 
 
 @pytest.mark.parametrize("argv", [["list"], ["run", "--method", "br", "--folds", "2", "--no-progress", "--no-mlflow"]])
 def test_list_and_a_br_run_leave_torch_and_mlflow_unimported(argv):
     """`bench list` and `bench run --method br` (on the default dataset) never import torch, whose
-    import costs 1-2 s and ~600 MiB, nor MLflow when it is off (a fresh process: this one has torch)."""
+    import costs 1-2 s and ~600 MiB, nor MLflow when it is off, nor the leaderboard's statistics and
+    figures when there is no leaderboard to build (a fresh process: this one has torch)."""
     out = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "imported:"

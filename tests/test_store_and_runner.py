@@ -203,19 +203,21 @@ class ThreadProbe(Method):
 '''
 
 
-@pytest.mark.parametrize("n_jobs, threads", [(1, None), (1, 1), (2, None)])
-def test_every_job_runs_under_recorded_thread_limits(tmp_path, isolated, n_jobs, threads):
+@pytest.mark.parametrize("n_jobs, threads, load", [(1, None, 0.0), (1, 1, 0.0), (2, None, 0.0), (1, None, 99.0)])
+def test_every_job_runs_under_recorded_thread_limits(tmp_path, isolated, monkeypatch, n_jobs, threads, load):
     import torch
     from threadpoolctl import threadpool_info
 
     from bench.backends import available_cores
 
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))  # other processes' work
     (isolated / "methods" / "probe.py").write_text(PROBE_METHOD)
     before = ({p["filepath"]: p["num_threads"] for p in threadpool_info()}, torch.get_num_threads())
     summary = run_jobs(jobs_for(tmp_path, methods=("thread-probe",), n_folds=2), n_jobs=n_jobs, threads=threads,
                        progress=False)
     assert not summary.failures, summary.failures
-    expected = threads or max(1, available_cores() // n_jobs)  # the cores divided among running jobs
+    # The idle cores (all of them at load 0, one when the machine is busy) divided among running jobs.
+    expected = threads or (1 if load >= available_cores() else max(1, available_cores() // n_jobs))
     for rec in summary.records:
         limits = rec["environment"]["threads"]
         assert limits["limit"] == expected and limits["torch"] == expected
@@ -284,3 +286,15 @@ def test_reused_worker_processes_read_the_plugins_of_the_current_run(tmp_path, i
     plugins.load.cache_clear()
     second = run_jobs(jobs_for(tmp_path, methods=("late",), store_root=tmp_path / "b"), n_jobs=2, progress=False)
     assert not second.failures, second.failures
+
+
+@pytest.mark.parametrize("cores, load, running, expected", [
+    (16, 0.2, 1, 16), (16, 3.4, 2, 6), (16, 40.0, 4, 1), (2, 0.4, 1, 2), (2, 0.6, 1, 1), (2, 5.0, 2, 1),
+])
+def test_threads_per_job_divides_the_idle_cores_among_running_jobs(monkeypatch, cores, load, running, expected):
+    from bench import backends
+
+    monkeypatch.setattr(backends, "available_cores", lambda: cores)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))
+    assert backends.threads_per_job(running) == expected
+    assert backends.threads_per_job(running, requested=3) == 3  # --threads: those who know better
