@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,11 +63,27 @@ def test_console_script_help_works():
     assert out.returncode == 0 and "--protocol {kfold,official,holdout}" in out.stdout
 
 
-def test_readme_test_command_is_what_ci_runs():
-    ci = (ROOT / ".ci" / "run").read_text()
-    readme = (ROOT / "README.md").read_text()
-    command = next(line for line in ci.splitlines() if "pytest" in line).strip()
-    assert command in readme
+def ci_commands() -> list[str]:
+    """The commands of `.ci/run` after its preamble (comments, `set`, `cd`)."""
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith(("#", "set ", "cd "))]
+
+
+def test_readme_test_commands_are_what_ci_runs():
+    commands = ci_commands()
+    assert any("pytest" in c for c in commands) and any(c.startswith(".venv/bin/ruff check") for c in commands)
+    block = "\n".join(commands)
+    assert f"```bash\n{block}\n```" in (ROOT / "README.md").read_text()
+
+
+def test_ci_installs_from_pypi_alone():
+    import tomllib
+
+    ci = "\n".join(ci_commands())
+    assert not re.search(r"--(extra-)?index-url|--find-links|(^|\s)-[fi]\s|git\+|://", ci), ci
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    assert not [r for r in requirements if "://" in r or "@" in r]  # names and version bounds only
 
 
 def test_readme_plugin_example_runs_as_documented(isolated, capsys):
