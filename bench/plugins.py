@@ -35,7 +35,7 @@ import os
 import sys
 from pathlib import Path
 
-from bench.errors import BenchError
+from bench.errors import BenchError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,8 @@ class PluginFile:
                 del sys.modules[self.module_name]
                 if not isinstance(exc, Exception):
                     raise
-                raise BenchError(f"plug-in file {self.path} failed to import: {_one_line(exc)}") from None
+                raise BenchError(f"plug-in file {self.path} failed to import: "
+                                 f"{one_line(exc, with_type=True)}") from None
             self._module = module
         return self._module
 
@@ -312,7 +313,7 @@ def _scan_file(kind: str, path: Path) -> list[Plugin]:
     try:
         module = parse(path, file.module_name)
     except (SyntaxError, ValueError, OSError) as exc:
-        log.warning("skipping plug-in %s: %s", path, _one_line(exc))
+        log.warning("skipping plug-in %s: %s", path, one_line(exc, with_type=True))
         return []
     found, uncertain = [], False
     for cls in module.classes.values():
@@ -404,8 +405,3 @@ def resolve_names(kind: str, spec: str) -> list[str]:
     for name in names:
         info(kind, name)
     return names
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")

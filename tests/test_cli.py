@@ -212,6 +212,44 @@ def test_bad_input_is_refused_before_any_job_in_one_line(case, tmp_path, capsys)
     assert not list((tmp_path / "results").rglob("*.json"))  # no job ran
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--method", "br", "--protocol", "loo"],
+     "argument --protocol: invalid choice: 'loo' (choose from 'kfold', 'official', 'holdout')"),
+    (["run", "--method", "br", "--seeds", "a,b"], "argument --seeds: expects comma-separated integers"),
+    (["run", "--method", "br", "--seeds", "-1"], "argument --seeds: seeds must be >= 0, got '-1'"),
+    (["run", "--method", "br", "--folds", "1"], "argument --folds: expects an integer >= 2, got 1"),
+    (["run", "--method", "br", "--jobs", "two"], "argument --jobs: expects an integer, got 'two'"),
+    (["run", "--dataset", "tiny"], "the following arguments are required: --method"),
+    (["run", "--method", "br", "--bogus"], "unrecognized arguments: --bogus"),
+    (["frob"], "argument command: invalid choice: 'frob'"),
+    ([], "the following arguments are required: command"),
+    (["run", "--method", "br", "--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+    (["run", "--method", "br", "--feature-extractor", "resnet101@big"],
+     "--feature-extractor expects BACKBONE or BACKBONE@SIZE (e.g. resnet101@448), got 'resnet101@big'"),
+])
+def test_usage_errors_are_the_same_one_line(argv, message, capsys):
+    """argparse's own refusals print no usage block: one `bench: error:` line, exit 2, like the rest."""
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("bench: error: ") and captured.err.count("\n") == 1, captured.err
+    assert message in captured.err and not captured.out
+
+
+def test_bad_bench_threads_is_refused_in_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("BENCH_THREADS", "many")
+    assert main(["run", "--method", "br", "--dataset", "tiny", "--no-progress"]) == 2
+    assert capsys.readouterr().err == "bench: error: $BENCH_THREADS expects an integer, got 'many'\n"
+
+
+def test_threads_option_is_the_limit_every_job_runs_and_records(tmp_path, capsys):
+    assert main(["run", "--method", "br", "--dataset", "tiny", "--folds", "2", "--threads", "3", "--no-progress"]) == 0
+    records = [json.loads(p.read_text()) for p in (tmp_path / "results" / "tiny" / "br").glob("*.json")]
+    assert len(records) == 2
+    for record in records:
+        threads = record["environment"]["threads"]
+        assert threads["limit"] == 3 and threads["openblas"] == 3  # above $BENCH_THREADS=1 of the suite
+
+
 def test_an_unwritable_results_folder_is_found_before_any_job(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -228,6 +266,26 @@ def test_a_read_only_results_folder_is_found_before_any_job(tmp_path, capsys):
     folder.chmod(0o555)
     assert main(["--results", str(folder), "run", "--method", "br", "--dataset", "tiny", "--no-progress"]) == 2
     assert "cannot be written (Permission denied)" in capsys.readouterr().err
+
+
+def test_a_read_only_mount_is_found_before_any_job(tmp_path, monkeypatch, capsys):
+    """As root (this VM) no folder refuses writes, so the read-only mount's EROFS is simulated where
+    the probe meets it; the jobs would have run first before the probe existed."""
+    import errno
+    import tempfile
+
+    from bench import runner as runner_module
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(runner_module, "run_jobs", lambda *a, **k: pytest.fail("a job ran before the probe"))
+    (tmp_path / "results").mkdir()
+    assert main(["run", "--method", "br", "--dataset", "tiny", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"bench: error: results folder {tmp_path / 'results'} cannot be written (Read-only file system); "
+                   "choose another with --results or $BENCH_RESULTS\n")
 
 
 def test_too_many_folds_warn_in_one_line():
