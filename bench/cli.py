@@ -154,26 +154,37 @@ def _data_root_option(subparser: argparse.ArgumentParser) -> None:
 
 
 def cmd_list(args) -> int:
+    """Every plug-in, one line each; one whose file fails to import says so and hides no other."""
     print(f"Methods ({', '.join(map(str, plugins.plugin_dirs('methods')))}):")
     for name, method in plugins.load("methods").items():  # read from source: nothing imported
-        print(f"  {name:<16} {'+'.join(sorted(method.accepts)):<15} {method.citation}")
+        try:
+            print(f"  {name:<16} {'+'.join(sorted(method.accepts)):<15} {method.citation}")
+        except BenchError as exc:
+            print(f"  {name:<16} {'broken':<15} {exc}")
     root = args.data_root or default_data_root()
     print(f"\nDatasets (data root: {root}):")
     for name in plugins.load("datasets"):
-        cls = plugins.get("datasets", name)
-        if cls.embedded:
-            from bench.runner import load_dataset
-
-            status = load_dataset(name, str(root)).summary()
-        elif cls().is_available(root):  # not loaded here: reading COCO's annotations takes a while
-            status = "files present under the data root"
-        else:
-            hint = f"`bench fetch {name}`" if hasattr(cls, "archives") else "README 'Datasets'"
-            status = f"files not found under the data root (see {hint})"
-        print(f"  {name:<16} {'embedded' if cls.embedded else 'on disk':<9} {status}")
+        try:
+            cls = plugins.get("datasets", name)
+            kind, status = ("embedded" if cls.embedded else "on disk"), _dataset_status(name, cls, root)
+        except BenchError as exc:
+            print(f"  {name:<16} {'broken':<9} {exc}")
+            continue
+        print(f"  {name:<16} {kind:<9} {status}")
         if cls.description:
             print(f"  {'':<16} {cls.description.splitlines()[0]}")
     return 0
+
+
+def _dataset_status(name: str, cls: type, root: Path) -> str:
+    if cls.embedded:
+        from bench.runner import load_dataset
+
+        return load_dataset(name, str(root)).summary()
+    if cls().is_available(root):  # not loaded here: reading COCO's annotations takes a while
+        return "files present under the data root"
+    hint = f"`bench fetch {name}`" if hasattr(cls, "archives") else "README 'Datasets'"
+    return f"files not found under the data root (see {hint})"
 
 
 def _threads(args) -> int | None:

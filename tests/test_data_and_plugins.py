@@ -148,6 +148,21 @@ def test_a_broken_plugin_file_hides_no_other(isolated, caplog, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "fails.py failed to import" in err and "Traceback" not in err
     assert main(["run", "--method", "br", "--dataset", "tiny", "--folds", "2", "--no-progress"]) == 0
+    capsys.readouterr()
+
+    # `bench list` reads methods from source ('fails' is listed); a dataset it must import to tell
+    # whether its files are present is shown as broken, and every other one after it.
+    (isolated / "datasets" / "abroken.py").write_text(
+        "from bench.api import Dataset\nimport no_such_module_anywhere\n"
+        "class Abroken(Dataset):\n    name = 'abroken'\n")
+    plugins.load.cache_clear()
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    broken = [line for line in lines if " broken " in line]
+    assert [line.split()[:2] for line in broken] == [["abroken", "broken"]]
+    assert "abroken.py failed to import: ModuleNotFoundError" in broken[0]
+    assert any(line.split()[:2] == ["tiny", "embedded"] for line in lines)  # listed after 'abroken'
+    assert {"br", "fails"} <= {line.split()[0] for line in lines if line.startswith("  ") and line.split()}
 
 
 def test_a_plugin_the_source_cannot_tell_is_imported_at_discovery(isolated):
