@@ -211,19 +211,39 @@ def writable_folder(path: Path, what: str) -> Path:
     return path
 
 
+def _present(names: list[str], root: Path) -> list[str]:
+    """``--dataset all``: the datasets that can be loaded here (embedded, or files under ``root``),
+    the others named in one warning."""
+    present, absent = [], []
+    for name in names:
+        try:
+            cls = plugins.get("datasets", name)
+            usable = cls.embedded or cls().is_available(root)
+        except BenchError as exc:
+            log.warning("--dataset all: skipping %s", exc)
+            continue
+        (present if usable else absent).append(name)
+    if absent:
+        log.warning("--dataset all: skipping %s (files not found under %s; see `bench list`)", ", ".join(absent), root)
+    return present
+
+
 def cmd_run(args) -> int:
     from bench.report import build_tables, to_markdown, write_reports
     from bench.runner import build_jobs, parse_overrides, run_jobs
     from bench.store import ResultStore
 
+    data_root = args.data_root or default_data_root()
     methods = plugins.resolve_names("methods", args.method)
     datasets = plugins.resolve_names("datasets", args.dataset)
+    if args.dataset.strip() == "all":
+        datasets = _present(datasets, data_root)
     store_root = writable_folder(args.results or default_results(), "results")
     reports_root = writable_folder(default_reports(), "reports")
     jobs = build_jobs(
         methods, datasets, protocol=args.protocol, n_folds=args.folds, seeds=args.seeds,
-        overrides=parse_overrides(args.overrides), data_root=args.data_root or default_data_root(),
-        store_root=store_root, strict=args.method != "all", paper_defaults=args.paper_defaults,
+        overrides=parse_overrides(args.overrides), data_root=data_root,
+        store_root=store_root, strict=args.method.strip() != "all", paper_defaults=args.paper_defaults,
         feature_extractor=args.feature_extractor,
     )
     if not jobs:

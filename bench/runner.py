@@ -302,11 +302,11 @@ def build_jobs(
 ) -> list[Job]:
     """Every job of the grid, each hyper-parameter checked before any job runs.
 
-    An incompatible (method, dataset) pair is an error when ``strict``, else skipped with a warning
-    (``--method all`` over mixed datasets). A dataset's ``scale_defaults`` apply unless
+    An incompatible (method, dataset) pair, or a method whose file fails to import, is an error
+    when ``strict``, else skipped with a warning (``--method all`` over mixed datasets). A dataset's ``scale_defaults`` apply unless
     ``paper_defaults``; ``feature_extractor`` (``"resnet101@448"``) chooses the frozen CNN of
     derived feature views."""
-    classes = [plugins.get("methods", m) for m in methods]
+    classes = _method_classes(methods, strict)
     params.check_override_keys(overrides, classes)
     extractor = image_features.Extractor.parse(feature_extractor) if feature_extractor else None
     jobs = []
@@ -334,6 +334,20 @@ def build_jobs(
                                 image_features.job_fingerprint(fingerprint, views_from), str(data_root),
                                 str(store_root), resolved.scale_defaults, paper_defaults, str(views_from or "")))
     return jobs
+
+
+def _method_classes(methods: list[str], strict: bool) -> list[type]:
+    """The methods' classes; with ``strict`` off (``--method all``) one whose file fails to import
+    is skipped with a warning instead of stopping the run."""
+    classes = []
+    for name in methods:
+        try:
+            classes.append(plugins.get("methods", name))
+        except BenchError as exc:
+            if strict:
+                raise
+            log.warning("skipping: %s", exc)
+    return classes
 
 
 def _warn_small_test_folds(data: MultiLabelData, splits: list[Split]) -> None:

@@ -165,6 +165,31 @@ def test_a_broken_plugin_file_hides_no_other(isolated, caplog, capsys):
     assert {"br", "fails"} <= {line.split()[0] for line in lines if line.startswith("  ") and line.split()}
 
 
+def test_all_runs_what_can_run_here_and_names_the_rest_in_one_warning(isolated, tmp_path, caplog, capsys):
+    """`--method all` skips a method whose file fails to import; `--dataset all` the datasets whose
+    files are not under the data root; a method or dataset asked for by name is an error instead."""
+    from bench.runner import build_jobs
+
+    (isolated / "methods" / "fails.py").write_text(
+        "from bench.api import Method\nimport no_such_module_anywhere\n"
+        "class Fails(Method):\n    name = 'fails'\n")
+    plugins.load.cache_clear()
+    options = dict(protocol=None, n_folds=2, seeds=None, overrides={}, data_root=tmp_path / "data",
+                   store_root=tmp_path / "results")
+    jobs = build_jobs(["fails", "br"], ["tiny"], strict=False, **options)
+    assert {j.method for j in jobs} == {"br"} and "skipping: plug-in file" in caplog.text
+    with pytest.raises(BenchError, match="fails.py failed to import"):
+        build_jobs(["fails", "br"], ["tiny"], **options)
+
+    caplog.clear()
+    assert main(["run", "--method", "br", "--dataset", "all", "--folds", "2", "--no-progress"]) == 0
+    assert "fails.py" not in caplog.text  # br alone was asked for: the broken file is never imported
+    skipped = [r.getMessage() for r in caplog.records if "--dataset all: skipping" in r.getMessage()]
+    assert len(skipped) == 1 and "voc2007" in skipped[0] and "coco2014" in skipped[0], skipped
+    stored = {p.parent.parent.name for p in (tmp_path / "results").rglob("*.json")}
+    assert {"tiny", "tiny-official", "yeast", "mnist-mosaic"} <= stored and "voc2007" not in stored
+
+
 def test_a_plugin_the_source_cannot_tell_is_imported_at_discovery(isolated):
     (isolated / "methods" / "dynamic.py").write_text(
         "from bench.api import Method\nBase = type('Base', (Method,), {})\n"
