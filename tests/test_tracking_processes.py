@@ -51,44 +51,74 @@ def _kinds(runs, kind):
     return [r for r in runs if r.data.tags.get("bench.kind") == kind]
 
 
-def _head_revision() -> str:
+def _scripts():
     from alembic.script import ScriptDirectory
     from mlflow.store import db
 
-    return ScriptDirectory(str(Path(db.__file__).parent.parent / "db_migrations")).get_current_head()
+    return ScriptDirectory(str(Path(db.__file__).parent.parent / "db_migrations"))
 
 
-def _revision(path: Path) -> tuple[str | None, int]:
-    """(alembic revision, number of tables) of a database being created; (None, 0) before."""
+def _head_revision() -> str:
+    return _scripts().get_current_head()
+
+
+def _a_migration_that_creates_a_table() -> str:
+    """The middle one of MLflow's migrations that create a table (``span_metrics`` in MLflow 3):
+    killed after its DDL and before its version stamp, the database cannot be migrated again
+    ("table ... already exists")."""
+    creating = [s.revision for s in reversed(list(_scripts().walk_revisions()))
+                if "create_table(" in Path(s.path).read_text()]
+    return creating[len(creating) // 2]
+
+
+#: ``bench run`` as ``python -m bench.cli`` runs it, except that it stops inside MLflow's database
+#: set-up, right after ``argv[1]``'s migration ran and before alembic stamps it, touches
+#: ``argv[2]`` and waits there to be killed: so the kill lands mid-migration every time, not when
+#: a polling loop happens to catch the moment.
+PAUSED_IN_A_MIGRATION = """
+import pathlib, sys, time
+from alembic.runtime import migration
+from bench.cli import main
+
+update_to_step = migration.HeadMaintainer.update_to_step
+
+def paused(self, step):
+    if getattr(getattr(step, "revision", None), "revision", None) == sys.argv[1]:
+        pathlib.Path(sys.argv[2]).touch()
+        time.sleep(600)
+    return update_to_step(self, step)
+
+migration.HeadMaintainer.update_to_step = paused
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _revision(path: Path) -> str | None:
+    """The alembic revision a database is stamped with (None before the first stamp)."""
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
-            tables = con.execute("SELECT COUNT(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
             row = con.execute("SELECT version_num FROM alembic_version").fetchone()
-            return (row[0] if row else None), tables
+            return row[0] if row else None
     except sqlite3.Error:
-        return None, 0
+        return None
 
 
 def test_run_killed_while_creating_the_mlflow_database_then_run_again_logs_normally(tmp_path, isolated):
     env = _env(tmp_path, isolated)
     db = tmp_path / "results" / "mlflow.db"
-    proc = _start(env, "--folds", "2")
+    marker = tmp_path / "inside-a-migration"
+    revision = _a_migration_that_creates_a_table()
+    proc = subprocess.Popen([sys.executable, "-c", PAUSED_IN_A_MIGRATION, revision, str(marker), *RUN[2:],
+                             "--folds", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
-    # Kill inside a migration: a table has appeared that no revision stamp covers yet. MLflow
-    # applies its migrations one by one, not atomically, and cannot resume from there ("table ...
-    # already exists").
-    last = (None, 0)
-    while True:
-        now = _revision(db)
-        if last[0] is not None and now[0] == last[0] and now[1] > last[1]:
-            break
-        assert now[0] != _head_revision(), "the migrations finished before they could be interrupted"
-        assert proc.poll() is None and time.monotonic() < deadline, "bench run ended before creating MLflow's DB"
-        last = now
-        time.sleep(0.005)
+    while not marker.exists():
+        assert proc.poll() is None, f"bench run ended before reaching MLflow migration {revision}: {proc.communicate()}"
+        assert time.monotonic() < deadline, "bench run did not reach MLflow's database set-up in time"
+        time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
-    assert _revision(db)[0] != _head_revision()  # killed half-way through MLflow's migrations
+    assert proc.returncode == -signal.SIGKILL
+    assert _revision(db) not in (revision, _head_revision())  # left half-way through MLflow's migrations
 
     err = _finish(_start(env, "--folds", "2"))  # the jobs are stored: this run only logs them
     assert "half-created" in err and "MLflow logging" not in err
