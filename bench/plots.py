@@ -190,7 +190,7 @@ def modality_plots(results: Results) -> list[Plot]:
     plots = []
     for table, frame in results.steps().groupby("table", sort=True):
         metrics = panel_metrics(results, table[0], frame["metric"].unique())
-        if not metrics:
+        if not metrics or frame["t"].nunique() < 2:  # one modality (yeast): a point per panel says nothing
             continue
         fig, axes, top = _grid(len(metrics), _legend_rows(frame["label"].nunique()),
                                f"Performance vs. number of modalities — {_subtitle(table)}")
@@ -238,15 +238,18 @@ def sensitivity_plots(results: Results) -> list[Plot]:
             metrics = panel_metrics(results, table[0], frame["metric"].unique())
             if not metrics:
                 continue
-            default = min(family, key=lambda r: (bool(r.overrides), r.label))
+            # The curve takes the colour of the row run at the parameter's default (not --set);
+            # its legend names that row and the parameter varied.
+            default = min(family, key=lambda r: (name in r.overrides, len(r.overrides), r.label))
             colour = results.colours[default.label]
+            legend = f"{default.label}, {name} varied"
             fig, axes, top = _grid(len(metrics), 1, f"Sensitivity of {method} to {name} — {_subtitle(table)}")
             for ax, metric in zip(axes, metrics, strict=True):
-                _log_if_wide(ax, [_band(ax, frame[frame["metric"] == metric], "x", method, colour)])
+                _log_if_wide(ax, [_band(ax, frame[frame["metric"] == metric], "x", legend, colour)])
                 ax.set_title(_label(metric))
                 ax.set_xlabel(name)
                 ax.grid(alpha=0.3)
-            _legends(fig, axes, [{method}] * len(axes), {method: colour}, top)
+            _legends(fig, axes, [{legend}] * len(axes), {legend: colour}, top)
             plots.append(Plot(f"{table_slug(*table)}__sensitivity_{method}_{name}", table[0],
                               {r.label for r in family}, fig))
     return plots

@@ -242,7 +242,8 @@ def stale_keys(record: Record, cache: dict | None = None) -> list[str]:
         return []
     expected = {**defaults, **_plain(identity_params(record.overrides)), **_plain(cfg.scale_defaults)}
     stored = _plain(identity_params(cfg.params))
-    changed = [k for k in expected.keys() | stored.keys() if expected.get(k, KeyError) != stored.get(k, KeyError)]
+    missing = object()  # a parameter that came or went differs from any value
+    changed = [k for k in expected.keys() | stored.keys() if expected.get(k, missing) != stored.get(k, missing)]
     declared = getattr(_dataset_class(cfg.dataset), "scale_defaults", None) or {}
     changed += [k for k, v in _plain(cfg.scale_defaults).items() if k in declared and _plain({k: declared[k]})[k] != v]
     return sorted(set(changed))

@@ -182,6 +182,12 @@ def test_modalities_mean_per_number_of_modalities(tmp_path):
     plots.close([plot])
 
 
+def test_no_modalities_figure_for_one_modality(tmp_path):
+    """One view (yeast): a figure of one point per panel says nothing; it is not drawn."""
+    store = stored(tmp_path, [record("a", step_metrics=[{"mAP": 0.5}]), record("b", fold=1, step_metrics=[{"mAP": 0.6}])])
+    assert plots.modality_plots(results_layer.load(store)) == []
+
+
 def sweep_records():
     def params(alpha, beta=0.05, flag=True):
         return {"alpha": alpha, "beta": beta, "flag": flag, "random_state": 0}
@@ -221,6 +227,12 @@ def test_sensitivity_curve_is_the_mean_metric_per_value(tmp_path):
     assert list(ax.lines[0].get_xdata()) == [0.1, 0.5, 0.9]
     assert list(ax.lines[0].get_ydata()) == pytest.approx([0.61, 0.72, 0.50])
     assert ax.get_xlabel() == "alpha"
+    # the curve is named after, and coloured like, the row run at alpha's default (not --set)
+    colours = results_layer.load(store).colours
+    assert [t.get_text() for t in plot.figure.legends[0].get_texts()] == ["m, alpha varied"]
+    assert to_hex(ax.lines[0].get_color()) == colours["m"] != colours["m (alpha=0.1)"]
+    beta = by_name["tiny__kfold3__sensitivity_m_beta"]  # rows m (alpha=0.1) and m (alpha=0.1, beta=0.5)
+    assert [t.get_text() for t in beta.figure.legends[0].get_texts()] == ["m (alpha=0.1), beta varied"]
     plots.close(list(by_name.values()))
 
 
