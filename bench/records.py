@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime
 
 SCHEMA_VERSION = 2
@@ -99,11 +99,15 @@ class Record:
     # ------------------------------------------------------------------ conversion
     @classmethod
     def from_dict(cls, raw: dict) -> Record:
-        """A record from its stored JSON (any of :data:`READABLE_VERSIONS`, upgraded)."""
+        """A record from its stored JSON (any of :data:`READABLE_VERSIONS`, upgraded); a ValueError
+        when its configuration lacks a field a job always stores."""
         raw = upgrade(raw)
         known = {f.name for f in fields(cls)} - {"config", "readouts", "schema_version", "extra"}
         cfg = dict(raw["config"])
         config_known = {f.name for f in fields(JobConfig)} - {"extra"}
+        if missing := [f.name for f in fields(JobConfig) if f.name in config_known and f.name not in cfg
+                       and f.default is MISSING and f.default_factory is MISSING]:
+            raise ValueError(f"config lacks {', '.join(missing)}")
         config = JobConfig(**{k: cfg.pop(k) for k in list(cfg) if k in config_known}, extra=cfg)
         readouts = {name: Readout.from_dict(value) for name, value in (raw.get("readouts") or {}).items()}
         values = {k: raw[k] for k in known if k in raw and raw[k] is not None}

@@ -330,7 +330,13 @@ def read_records(store: ResultStore, datasets=None, methods=None) -> list[Record
     out = []
     for dataset in datasets or [None]:
         for method in methods or [None]:
-            out += [Record.from_dict(raw) for raw in store.records(dataset, method)]
+            for raw in store.records(dataset, method):
+                try:
+                    out.append(Record.from_dict(raw))
+                except ValueError as exc:  # the store checked the JSON; this is a record bench never wrote
+                    cfg = raw["config"]
+                    path = store.root / str(cfg.get("dataset")) / str(cfg.get("method")) / f"{raw['job_id']}.json"
+                    log.warning("ignoring result %s (%s)", path, exc)
     return out
 
 

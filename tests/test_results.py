@@ -207,3 +207,15 @@ def test_left_out_records_are_counted_in_one_warning(tmp_path, caplog):
     [warning] = [r.getMessage() for r in caplog.records if r.name == "bench.results"]
     assert re.search(r"left out 2 stored run\(s\): 2 on d made on other versions of its data "
                      r"\(fingerprints old \(2\); shown: new, the newest stored; the data cannot be read here\)", warning)
+
+
+def test_a_stored_record_without_its_split_fields_is_reported_and_left_out(tmp_path, caplog):
+    store = ResultStore(tmp_path)
+    good = {"job_id": "g", "overrides": {}, "timings": {}, "metrics": {"mAP": 0.5},
+            "config": {"dataset": "d", "method": "m", "protocol": "kfold", "n_folds": 2, "fold": 0, "seed": 0}}
+    store.write(good, {"scores": np.zeros(1)})
+    store.write({**good, "job_id": "bad", "config": {"dataset": "d", "method": "m"}}, {"scores": np.zeros(1)})
+    with caplog.at_level(logging.WARNING, logger="bench.results"):
+        records = results_layer.read_records(store)
+    assert [r.job_id for r in records] == ["g"]
+    assert f"ignoring result {tmp_path / 'd' / 'm' / 'bad.json'} (config lacks protocol, n_folds, fold, seed)" in caplog.text
