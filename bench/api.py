@@ -116,6 +116,9 @@ class Dataset:
     #: ``name`` or ``method.name`` as in ``--set``): applied to a method only for parameters it has
     #: and the user did not ``--set``; ``bench run --paper-defaults`` leaves them out (bench.params).
     scale_defaults: ClassVar[dict] = {}
+    #: True when its papers print a per-class AP table (DER Table II on Pascal VOC): the report
+    #: then builds one (classes as columns, then mAP).
+    per_class_table: ClassVar[bool] = False
 
     def load(self, data_root: Path) -> MultiLabelData:
         raise NotImplementedError

@@ -91,34 +91,22 @@ def resolve(cls: type, overrides: dict, scale_defaults: dict | None = None) -> R
     """``cls``'s full hyper-parameters with the applicable ``--set`` overrides and, for the
     parameters not overridden, the applicable dataset-scale defaults."""
     params = defaults(cls)
-    applied = _coerced(cls, applicable(cls, overrides, params), "--set")
-    # A value equal to the default is no override: the same job, the same row.
-    applied = {k: v for k, v in applied.items() if not (v == params[k] and type(v) is type(params[k]))}
+    applied = _differing(_coerced(cls, applicable(cls, overrides, params), "--set"), params)
     scaled = {k: v for k, v in applicable(cls, scale_defaults or {}, params).items() if k not in applied}
-    scaled = _coerced(cls, scaled, "scale default")
+    scaled = _differing(_coerced(cls, scaled, "scale default"), params)
     return Resolved({**params, **scaled, **applied}, applied, scaled)
+
+
+def _differing(values: dict, params: dict) -> dict:
+    """The entries of ``values`` that change a default: one equal to it is no change (the same job,
+    the same row)."""
+    return {k: v for k, v in values.items() if not (v == params[k] and type(v) is type(params[k]))}
 
 
 def resolve_params(cls: type, overrides: dict, scale_defaults: dict | None = None) -> tuple[dict, dict]:
     """(full hyper-parameters, the overrides that apply): :func:`resolve` in the older shape."""
     resolved = resolve(cls, overrides, scale_defaults)
     return resolved.params, resolved.overrides
-
-
-def current_params(cls: type, record: dict) -> dict:
-    """The hyper-parameters ``bench run`` would give today to the job that stored ``record``: the
-    same ``--set`` overrides and, unless it ran with ``--paper-defaults``, the dataset's scale
-    defaults as they are now (a stored run that differs is stale: its defaults changed since)."""
-    from bench import plugins
-
-    scale = None
-    if not record.get("paper_defaults"):
-        dataset = record["config"]["dataset"]
-        try:
-            scale = plugins.info("datasets", dataset).scale_defaults
-        except BenchError:  # a dataset not installed here: what the run recorded
-            scale = record["config"].get("scale_defaults")
-    return resolve(cls, record.get("overrides") or {}, scale).params
 
 
 # ----------------------------------------------------------------------------- validation

@@ -63,6 +63,8 @@ def test_values_against_the_annotation_are_refused(key, value, message):
 def test_an_override_equal_to_the_default_is_no_override():
     assert params.resolve(Typed, {"rate": 0.1, "layers": 2}).overrides == {}
     assert params.resolve(Typed, {"typed.rate": 0.2}).overrides == {"rate": 0.2}
+    # Likewise a dataset-scale setting that is the default already: no scale default, the same job.
+    assert params.resolve(Typed, {}, {"rate": 0.1, "layers": 3}).scale_defaults == {"layers": 3}
 
 
 def test_scale_defaults_fill_only_what_the_method_has_and_the_user_did_not_set():
