@@ -75,7 +75,8 @@ def resolve_params(cls: type[Method], overrides: dict[str, object]) -> tuple[dic
     by :func:`check_overrides`)."""
     defaults = cls().get_params(deep=False)
     applied = {}
-    for key, value in overrides.items():
+    # Unscoped values first, so ``method.key`` wins for its method whatever the order on the line.
+    for key, value in sorted(overrides.items(), key=lambda kv: "." in kv[0]):
         scope, _, name = key.rpartition(".")
         if scope in ("", cls.name) and name in defaults:
             applied[name] = value

@@ -88,10 +88,16 @@ def plugin_module(kind: str, name: str):
 GOLDEN = Path(__file__).parent / "golden"
 
 
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
+def check_golden(name: str, text: str, folder: Path = GOLDEN) -> None:
+    """``text`` must equal the golden file ``name``. With ``BENCH_UPDATE_GOLDEN=1`` the file is
+    rewritten and the check fails all the same (a regenerated file compared with itself proves
+    nothing): review the diff, then run the suite without the variable."""
+    path = folder / name
     if os.environ.get("BENCH_UPDATE_GOLDEN"):
+        changed = not path.exists() or path.read_text() != text
         path.write_text(text)
+        pytest.fail(f"{name} regenerated ({'changed' if changed else 'unchanged'}), review the diff "
+                    "and run again without BENCH_UPDATE_GOLDEN")
     assert text == path.read_text(), f"{name} differs from the golden file"
 
 

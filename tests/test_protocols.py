@@ -60,3 +60,86 @@ def test_bad_protocol_arguments():
         make_splits(dataset(), "loo")
     with pytest.raises(BenchError, match="--folds must be between 2 and the 200 examples, got 1"):
         make_splits(dataset(), "kfold", n_folds=1)
+
+
+# ------------------------------------------------------------------ guards against silent leaks
+def assert_partition(split, n):
+    """Train and test disjoint, each without repeats, together every example exactly once."""
+    assert np.intersect1d(split.train, split.test).size == 0
+    assert len(set(split.train.tolist())) == split.train.size and len(set(split.test.tolist())) == split.test.size
+    assert np.array_equal(np.sort(np.concatenate([split.train, split.test])), np.arange(n))
+
+
+def test_holdout_parts_are_disjoint_and_cover_the_data():
+    for split in make_splits(dataset(n=50), "holdout", seeds=(0, 1, 2)):
+        assert (split.train.size, split.test.size) == (40, 10)
+        assert_partition(split, 50)
+
+
+def test_official_parts_are_the_datasets_own_indices():
+    # A hand-built split that is neither contiguous nor sorted, and leaves examples out of both parts.
+    train, test = np.array([7, 3, 11, 0, 5, 9]), np.array([2, 8, 1])
+    data = dataset(n=12, protocol="official", splits={"train": train, "test": test})
+    for split in make_splits(data, seeds=(4,)):
+        assert split.train.tolist() == [7, 3, 11, 0, 5, 9] and split.test.tolist() == [2, 8, 1]
+        assert np.intersect1d(split.train, split.test).size == 0
+
+
+def test_kfold_train_part_is_everything_but_the_test_fold():
+    for split in make_splits(dataset(n=30), "kfold", n_folds=3, seeds=(0,)):
+        assert_partition(split, 30)
+        assert split.train.size == 20
+
+
+def test_split_hash_covers_the_training_part():
+    """Two splits with the same test part but another training part must never share a result."""
+    test = np.array([8, 9])
+    full = dataset(n=10, protocol="official", splits={"train": np.arange(8), "test": test})
+    fewer = dataset(n=10, protocol="official", splits={"train": np.arange(1, 8), "test": test})
+    other = dataset(n=10, protocol="official", splits={"train": np.array([0, 1, 2, 3, 4, 5, 6, 7]), "test": test})
+    (a,), (b,), (c,) = (make_splits(d, seeds=(0,)) for d in (full, fewer, other))
+    assert a.hash != b.hash
+    assert a.hash == c.hash  # the same indices give the same digest
+    swapped = dataset(n=10, protocol="official", splits={"train": np.arange(2, 10), "test": np.array([0, 1])})
+    moved = dataset(n=10, protocol="official", splits={"train": np.arange(8), "test": np.array([0, 9])})
+    hashes = {a.hash, make_splits(swapped, seeds=(0,))[0].hash, make_splits(moved, seeds=(0,))[0].hash}
+    assert len(hashes) == 3
+
+
+def test_each_protocols_default_seeds():
+    idx = np.arange(40)
+    official = dataset(n=40, protocol="official", splits={"train": idx[:30], "test": idx[30:]})
+    assert [(s.seed, s.fold) for s in make_splits(official)] == [(0, 0), (1, 0), (2, 0)]
+    assert [s.seed for s in make_splits(dataset(n=40), "holdout")] == [0, 1, 2, 3, 4]
+    kfold = make_splits(dataset(n=40), "kfold", n_folds=4)
+    assert [(s.seed, s.fold) for s in kfold] == [(0, 0), (0, 1), (0, 2), (0, 3)]
+    assert make_splits(dataset(n=40), "kfold", n_folds=4, seeds=(3,))[0].seed == 3
+
+
+def test_each_split_says_what_it_is():
+    idx = np.arange(20)
+    (official,) = make_splits(dataset(n=20, protocol="official", splits={"train": idx[:15], "test": idx[15:]}),
+                              seeds=(2,))
+    (holdout,) = make_splits(dataset(n=20), "holdout", seeds=(3,))
+    kfold = make_splits(dataset(n=20), "kfold", n_folds=4, seeds=(1,))
+    assert (official.protocol, official.seed, official.fold, official.n_folds) == ("official", 2, 0, 1)
+    assert (holdout.protocol, holdout.seed, holdout.fold, holdout.n_folds) == ("holdout", 3, 0, 1)
+    assert [(s.protocol, s.seed, s.fold, s.n_folds) for s in kfold] == [("kfold", 1, f, 4) for f in range(4)]
+
+
+def test_ten_folds_by_default_and_as_many_folds_as_examples_at_most():
+    assert len(make_splits(dataset(n=40), "kfold")) == 10
+    leave_one_out = make_splits(dataset(n=12), "kfold", n_folds=12)
+    assert sorted(int(s.test[0]) for s in leave_one_out) == list(range(12))
+    with pytest.raises(BenchError, match="between 2 and the 12 examples, got 13"):
+        make_splits(dataset(n=12), "kfold", n_folds=13)
+
+
+def test_holdout_is_reproducible_for_a_seed():
+    a, b = (make_splits(dataset(n=50), "holdout", seeds=(7,))[0] for _ in range(2))
+    assert a.train.tolist() == b.train.tolist() and a.test.tolist() == b.test.tolist()
+
+
+def test_an_unknown_protocol_names_the_known_ones():
+    with pytest.raises(BenchError, match=r"^unknown protocol 'loo'; choose one of kfold, official, holdout$"):
+        make_splits(dataset(), "loo")

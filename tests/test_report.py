@@ -2,7 +2,8 @@
 
 The golden files under ``tests/golden/`` were generated once by these renderers and checked by hand
 (the marks below are also asserted cell by cell, independently of the files). To regenerate after an
-intended change: ``BENCH_UPDATE_GOLDEN=1 pytest tests/test_report.py`` and review the diff.
+intended change: ``BENCH_UPDATE_GOLDEN=1 pytest tests/test_report.py`` (every golden check then
+rewrites its file and fails, so a regeneration never passes), review the diff, and run again.
 """
 
 from __future__ import annotations
@@ -185,3 +186,21 @@ def test_runs_made_with_other_defaults_are_left_out_of_tables_with_a_warning(tmp
         kept = select_records(store)
     assert sorted(r["config"]["fold"] for r in kept) == [0, 3]
     assert "3 of br on toy (C, max_iter, solver)" in caplog.text
+
+
+def test_footnote_counts_only_the_undefined_entries_of_metrics_the_table_shows():
+    # mAP is undefined 1 + 2 times, macro-F1 5 times, example-F1 once: only what a column shows counts
+    recs = [record("a", 0, 0.1, 0.5, undefined={"mAP": 1, "macro_f1": 5}),
+            record("a", 1, 0.2, 0.6, undefined={"mAP": 2, "example_f1": 1}),
+            record("b", 0, 0.3, 0.7, undefined={"macro_f1": 4})]
+    (with_map,) = build_tables(recs, metrics=["hamming_loss", "mAP"])
+    assert with_map.undefined == {"mAP": 3}
+    for text in (to_markdown(with_map), to_latex(with_map)):
+        notes = [line for line in text.splitlines() if "ndefined" in line]
+        assert len(notes) == 1 and "3" in notes[0] and "5" not in notes[0] and "4" not in notes[0]
+        plain = text.lower().replace("\\_", "_")  # LaTeX escapes the underscore of a key
+        assert not any(name in plain for name in ("macro_f1", "macro-f1", "example_f1", "example-f1"))
+    (without_map,) = build_tables(recs, metrics=["hamming_loss"])
+    assert without_map.undefined == {}
+    for text in (to_markdown(without_map), to_latex(without_map)):
+        assert "ndefined" not in text and "mAP" not in text

@@ -1,0 +1,102 @@
+"""The results store's failure paths: a record that cannot be trusted is never used, and its job runs again.
+
+Each case is built by hand (a record written by the store, then damaged the way a crash, an older
+or newer version of bench, or a user's clean-up would), and checked through what a user sees: the
+store no longer returns it (``load``/``records``) with one warning naming the file, and a re-run
+of the same command runs exactly that job again, leaving the others stored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from bench.runner import build_jobs, run_jobs
+from bench.store import ResultStore
+
+SCORES = np.array([[0.1, 0.9], [0.8, 0.3]])
+
+
+def stored(tmp_path):
+    """A store holding one record written by the store itself, and the record's JSON path."""
+    store = ResultStore(tmp_path)
+    record = {"job_id": "j1", "config": {"dataset": "d", "method": "m"}, "metrics": {"mAP": 0.75},
+              "timings": {"fit_s": 1.0}}
+    json_path = store.write(record, {"scores": SCORES})
+    assert store.load("d", "m", "j1")["metrics"] == {"mAP": 0.75}  # sound before it is damaged
+    return store, json_path
+
+
+def rewrite(json_path, change):
+    record = json.loads(json_path.read_text())
+    change(record)
+    json_path.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("field", ["job_id", "config", "metrics", "arrays_sha256", "format_version"])
+def test_a_record_missing_a_required_field_is_ignored_with_a_warning(tmp_path, caplog, field):
+    store, json_path = stored(tmp_path)
+    rewrite(json_path, lambda r: r.pop(field))
+    with caplog.at_level(logging.WARNING):
+        assert store.load("d", "m", "j1") is None
+        assert list(store.records()) == []
+    assert str(json_path) in caplog.text and field in caplog.text
+
+
+@pytest.mark.parametrize("version", [0, 999, "1"])
+def test_a_record_of_another_format_version_is_ignored_with_a_warning(tmp_path, caplog, version):
+    store, json_path = stored(tmp_path)
+    rewrite(json_path, lambda r: r.update(format_version=version))
+    with caplog.at_level(logging.WARNING):
+        assert store.load("d", "m", "j1") is None
+        assert list(store.records("d", "m")) == []
+    assert str(json_path) in caplog.text and "format_version" in caplog.text
+
+
+def test_a_record_whose_arrays_are_gone_is_ignored_with_a_warning(tmp_path, caplog):
+    store, json_path = stored(tmp_path)
+    json_path.with_suffix(".npz").unlink()
+    with caplog.at_level(logging.WARNING):
+        assert store.load("d", "m", "j1") is None
+        assert list(store.records()) == []
+    assert str(json_path) in caplog.text
+
+
+def test_arrays_replaced_by_other_valid_arrays_are_ignored(tmp_path):
+    """A digest check, not only a parse check: another job's (valid) arrays under this name."""
+    store, json_path = stored(tmp_path)
+    other = ResultStore(tmp_path / "other")
+    other_json = other.write({"job_id": "j1", "config": {"dataset": "d", "method": "m"}, "metrics": {},
+                              "timings": {}}, {"scores": SCORES[::-1]})
+    json_path.with_suffix(".npz").write_bytes(other_json.with_suffix(".npz").read_bytes())
+    assert store.load("d", "m", "j1") is None
+
+
+def jobs(tmp_path):
+    return build_jobs(["br"], ["tiny"], protocol=None, n_folds=3, seeds=None, overrides={},
+                      data_root=tmp_path / "data", store_root=tmp_path / "results")
+
+
+@pytest.mark.parametrize("damage", ["npz gone", "field missing", "other version"])
+def test_a_damaged_job_is_run_again_and_only_that_job(tmp_path, damage):
+    first = run_jobs(jobs(tmp_path), progress=False)
+    assert (first.ran, first.skipped) == (3, 0)
+    folder = tmp_path / "results" / "tiny" / "br"
+    victim = sorted(folder.glob("*.json"))[1]
+    untouched = {p.name: p.read_bytes() for p in folder.iterdir() if p.stem != victim.stem}
+    if damage == "npz gone":
+        victim.with_suffix(".npz").unlink()
+    elif damage == "field missing":
+        rewrite(victim, lambda r: r.pop("metrics"))
+    else:
+        rewrite(victim, lambda r: r.update(format_version=999))
+
+    again = run_jobs(jobs(tmp_path), progress=False)
+    assert (again.ran, again.skipped) == (1, 2)
+    assert {r["job_id"] for r in again.records} >= {victim.stem}
+    # the re-run job is whole again, and the others were neither rewritten nor lost
+    assert ResultStore(tmp_path / "results").load("tiny", "br", victim.stem) is not None
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.stem != victim.stem} == untouched
