@@ -218,7 +218,7 @@ def test_fit_records_history_and_per_step_predictions(rmlc):
 
 
 @pytest.mark.parametrize("monitor, best", [("val_mAP", max), ("val_loss", min), ("val_ranking_loss", min),
-                                           ("val_micro_f1", max)])
+                                           ("val_micro_f1", max), ("val_hamming_loss", min)])
 def test_early_stopping_keeps_the_best_epoch_by_the_monitored_validation_score(rmlc, monitor, best):
     data = multiview_data()
     model = rmlc.RMLC(hidden=16, epochs=12, patience=3, monitor=monitor, device="cpu").fit(data)
