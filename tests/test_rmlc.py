@@ -305,6 +305,7 @@ def test_three_batches_on_the_shared_loop_give_the_weights_of_the_replaced_imple
     method = Recording(hidden=8, batch_size=16, epochs=1, val_fraction=0.0, patience=None,
                        label_correlation=label_correlation, device="cpu").fit(data)
     assert [len(b) for b in seen] == [16, 16, 16] and len(np.unique(np.concatenate(seen))) == 48
+    assert method.make_optimizer(method.model_).defaults["fused"] is True   # fused Adam on the CPU too
 
     old = OldRMLCNet([4, 5, 6], 8, data.n_labels, label_correlation, torch.Generator().manual_seed(0))
     start = {name: p.detach().clone() for name, p in old.named_parameters()}
