@@ -126,6 +126,9 @@ class Dataset:
     embedded: ClassVar[bool] = False
     #: The metric columns of its papers' tables: a key of ``bench.metrics.METRIC_SETS``.
     metric_set: ClassVar[str] = "all"
+    #: True when its papers print a per-class AP table (DER Table II on Pascal VOC): the report
+    #: then builds one (classes as columns, then mAP).
+    per_class_table: ClassVar[bool] = False
 
     def load(self, data_root: Path) -> MultiLabelData:
         raise NotImplementedError

@@ -141,9 +141,11 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from bench.report import build_tables, to_markdown, write_reports
+    from bench import results as results_layer
+    from bench.report import build_tables, write_reports
     from bench.runner import build_jobs, parse_overrides, run_jobs
     from bench.store import ResultStore
+    from bench.tables import to_markdown
 
     methods = plugins.resolve_names("methods", args.method)
     datasets = plugins.resolve_names("datasets", args.dataset)
@@ -158,19 +160,20 @@ def cmd_run(args) -> int:
     tracker = _tracker(args, store_root)
     summary = run_jobs(jobs, device=args.device, n_jobs=args.jobs, force=args.force,
                        progress=not args.no_progress, on_record=tracker.log_job if tracker else None)
-    if tracker:  # parents' mean/std over every stored fold, and jobs stored earlier without MLflow
-        tracker.sync(ResultStore(store_root), summary.records)
     print(f"{summary.ran} job(s) run, {summary.skipped} already in {store_root} (use --force to re-run)")
 
-    store = ResultStore(store_root)
+    # Every stored run on these datasets, read once, on the data as this run saw it.
+    results = results_layer.load(ResultStore(store_root), datasets,
+                                 current={j.dataset: j.data_fingerprint for j in jobs})
     job_ids = {j.job_id for j in jobs}
-    stored = [r for d in datasets for m in methods for r in store.records(d, m) if r["job_id"] in job_ids]
-    for table in build_tables(stored):
+    for table in build_tables(results.only(job_ids)):
         print()
         print(to_markdown(table, transpose=True))
-    _, written = write_reports(store, default_reports(), datasets=datasets)
+    _, written = write_reports(results, default_reports())
     if written:
         print(f"tables of all stored runs on {', '.join(datasets)} written to {written[0].parent}")
+    if tracker:  # parents' mean/std over every stored fold, and jobs stored earlier without MLflow
+        tracker.sync(results.touching(job_ids))
     for failure in summary.failures:
         print(f"bench: job failed: {failure['job']}: {failure['error']}", file=sys.stderr)
         log.debug(failure.get("traceback", ""))
@@ -178,22 +181,26 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from bench.report import to_markdown, write_reports
+    from bench import results as results_layer
+    from bench.report import write_reports
     from bench.store import ResultStore
+    from bench.tables import to_markdown
 
     formats = ("md", "latex") if args.format == "both" else (args.format,)
     datasets = args.dataset.split(",") if args.dataset else None
     methods = args.method.split(",") if args.method else None
     store_root = args.results or default_results()
-    tables, written = write_reports(ResultStore(store_root), args.out or default_reports(), formats,
-                                    datasets, methods, leaderboard=not args.no_leaderboard)
+    results = results_layer.load(ResultStore(store_root), datasets, methods,
+                                 data_root=args.data_root or default_data_root())
+    tables, written = write_reports(results, args.out or default_reports(), formats,
+                                    leaderboard=not args.no_leaderboard)
     if not tables:
         raise BenchError(f"no finished run in {store_root}; start with `bench run --method br`")
     for table in tables:
         print(to_markdown(table))
     _print_table_extras(args, tables)
     print(f"wrote {len(written)} file(s) to {written[0].parent}")
-    _figures_and_tracking(args, store_root, args.out or default_reports(), tables, written, datasets, methods)
+    _figures_and_tracking(args, store_root, args.out or default_reports(), results, tables, written)
     return 0
 
 
@@ -232,20 +239,18 @@ def cmd_fetch(args) -> int:
     return 0
 
 
-def _figures_and_tracking(args, store_root: Path, out_dir: Path, tables, written, datasets, methods) -> None:
-    """Figures under ``<reports>/figures``; then the store, tables and figures to MLflow."""
+def _figures_and_tracking(args, store_root: Path, out_dir: Path, results, tables, written) -> None:
+    """Figures under ``<reports>/figures``; then the rows, tables and figures to MLflow."""
     from bench import plots
-    from bench.store import ResultStore
 
-    store = ResultStore(store_root)
-    figures = plots.make_plots(store, datasets, methods)
+    figures = plots.make_plots(results)
     try:
         paths = plots.save(figures, Path(out_dir) / "figures")
         if paths:
             print(f"wrote {len(paths)} figure file(s) to {paths[0].parent}")
         tracker = _tracker(args, store_root)
         if tracker:
-            tracker.sync(store)
+            tracker.sync(results)
             tracker.log_report(written, figures, tables)
             if not tracker.disabled:
                 print(f"logged to MLflow experiment {tracker.experiment!r} at {tracker.uri}")

@@ -4,9 +4,10 @@ Notation: ``n`` examples, ``L`` labels; ``Y_i`` the relevant labels of example `
 ``f_ij`` its score for label ``j`` (``scores``), ``Ŷ_i`` its predicted labels (``y_pred``, by
 default ``scores >= 0.5``).
 
-Conventions, each with its source. Where a metric is undefined for an example or a label (a 0/0),
-that example or label is *left out of the average* and the number left out is recorded in
-``MetricResult.undefined``; a metric is NaN only when it is undefined for the whole input.
+Conventions, each with its source. Where a metric is undefined for an example or a label (a 0/0)
+and its sources leave it out, that example or label is *left out of the average* and the number
+left out is recorded in ``MetricResult.undefined``; a metric is NaN only when it is undefined for
+the whole input. Ranking loss and coverage, whose sources score such an example (0), count it.
 
 Example-based and label-ranking metrics (Zhang & Zhou, "A review on multi-label learning
 algorithms", IEEE TKDE 26(8), 2014, section 2.2; MULAN's ``mulan.evaluation.measure``):
@@ -16,8 +17,11 @@ algorithms", IEEE TKDE 26(8), 2014, section 2.2; MULAN's ``mulan.evaluation.meas
 * ``ranking_loss``: per example, the fraction of (relevant, irrelevant) label pairs with
   ``f(relevant) <= f(irrelevant)``; a tie counts as mis-ordered (Zhang & Zhou; scikit-learn's
   ``label_ranking_loss`` does the same). An example with no relevant or no irrelevant label has no
-  pair (0/0) and is skipped. scikit-learn instead scores it 0 and keeps it in the mean, so
-  ``ours == sklearn * n / n_defined``.
+  pair to mis-order: it scores 0 and is counted in the mean, as scikit-learn's
+  ``label_ranking_loss``, MULAN 1.5's loss-based ``mulan.evaluation.loss.RankingLoss`` (returns 0)
+  and Clus's ``RankingLoss`` (counts the example, adds nothing) do; so the value equals
+  scikit-learn's on any input and is never undefined. (Stores written before this convention are
+  converted on reading: :mod:`bench.records`.)
 * ``one_error``: over examples with at least one relevant label (the others are skipped), the
   fraction whose top-ranked label is irrelevant. Ties at the top are broken pessimistically: it is
   an error if any label sharing the top score is irrelevant, as ranking loss counts ties.
@@ -356,12 +360,14 @@ def _ranking_metrics(y_true: np.ndarray, scores: np.ndarray) -> tuple[dict, dict
     n_relevant = counts["n_relevant"]
     has_relevant = n_relevant > 0
 
-    ranking_loss = _ratio(counts["misordered"], n_relevant * (n_labels - n_relevant))
+    # no (relevant, irrelevant) pair: nothing mis-ordered, a loss of 0 that counts (scikit-learn).
+    pairs = n_relevant * (n_labels - n_relevant)
+    ranking_loss = np.where(pairs > 0, _ratio(counts["misordered"], pairs), 0.0)
     one_error = np.where(has_relevant, counts["top_has_irrelevant"], np.nan)
     average_precision = _ratio(counts["precision_sum"], n_relevant)
 
     values, undefined = {}, {}
-    values["ranking_loss"], undefined["ranking_loss"] = _mean_of_defined(ranking_loss)
+    values["ranking_loss"] = float(ranking_loss.mean())
     values["one_error"], undefined["one_error"] = _mean_of_defined(one_error)
     values["coverage"] = float(np.mean(counts["depth"] - 1))
     values["average_precision"], undefined["average_precision"] = _mean_of_defined(average_precision)

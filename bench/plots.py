@@ -1,49 +1,57 @@
-"""The papers' figures, regenerated from the results store (matplotlib, PNG and PDF).
+"""The papers' figures, drawn from the results layer (matplotlib, PNG and PDF).
 
-* **Convergence** (RMLC Fig. 2, RETDM Fig. 6): each numeric entry of the methods' per-epoch
-  ``history_`` (loss terms, ``val_`` metrics) against the epoch, one line per table row with a band
-  of ± one sample std over runs (folds x seeds). A run that stopped early simply leaves the mean of
-  the later epochs, so the band narrows to the runs still training.
+* **Convergence** (RMLC Fig. 2, RETDM Fig. 6): one figure per method family (a method and its
+  registered ablations, whose loss terms are alike) and table: every numeric entry of the rows'
+  per-epoch ``history_`` (loss terms first, then ``val_`` metrics) against the epoch, one line per
+  row with a band of ± one sample std over runs (folds x seeds). A run that stopped early simply
+  leaves the mean of the later epochs, so the band narrows to the runs still training. No curve is
+  ever dropped: a family with more than :data:`MAX_PANELS` curves gets more figures (``…_2``).
+  Timing and learning rate (``time_s``, ``lr``) are not convergence: they get their own figure,
+  ``…__schedule_<family>``.
 * **Metric vs. number of modalities used** (RMLC Fig. 3): the metrics of ``predict_steps``' output
   after t modalities (``step_metrics`` of a record), mean ± std over runs, for methods that have it.
-* **Hyper-parameter sensitivity** (DER Figs. 6-7, CMSG's heads/layers study): when the store holds
-  rows of one method that differ in exactly one numeric hyper-parameter (``--set alpha=...``), the
-  metric against that hyper-parameter, mean ± std over runs.
+* **Hyper-parameter sensitivity** (DER Figs. 6-7, CMSG's heads/layers study): when the rows of one
+  method differ in exactly one numeric hyper-parameter (``--set alpha=...``), the metric against
+  that hyper-parameter, mean ± std over runs.
 
-Figures are built with :class:`matplotlib.figure.Figure` directly (no pyplot, no global backend:
-headless-safe) and grouped like the tables: per (dataset, protocol, folds). The metric panels follow
-the dataset family's metric set (:data:`bench.metrics.METRIC_SETS`).
+What a reader can rely on: each row has one colour in every panel and figure of a report
+(:attr:`bench.results.Results.colours`); each figure has a legend naming its rows, and a panel
+that draws only some of them has its own; a panel whose curves span more than a factor
+:data:`LOG_RATIO` is drawn on a log axis. Figures are built with
+:class:`matplotlib.figure.Figure` directly (no pyplot, no global backend: headless-safe) and grouped
+like the tables: per (dataset, protocol, folds). The metric panels follow the dataset family's
+metric set (:data:`bench.metrics.METRIC_SETS`).
 """
 
 from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from bench import plugins
 from bench.api import PER_RUN_PARAMS
-from bench.errors import BenchError
-from bench.metrics import METRIC_SETS, METRICS, direction_arrow
-from bench.report import DDOF, history_points, row_label, select_records, table_slug
-from bench.store import ResultStore, atomic_write_bytes
+from bench.metrics import METRICS, direction_arrow
+from bench.results import DDOF, Results, Row, protocol_text, table_slug
+from bench.store import atomic_write_bytes
 
-MAX_PANELS = 6
-MAX_CONVERGENCE_PANELS = 12  # loss terms and every validation curve of a method (RMLC records 11)
+MAX_PANELS = 12
+MAX_METRIC_PANELS = 6
 #: Panels for a dataset whose family shows every metric: the ones most papers share.
 DEFAULT_PANELS = ("hamming_loss", "ranking_loss", "average_precision", "example_f1", "micro_f1", "mAP")
+#: A panel whose positive curves span more than this factor gets a log y axis.
+LOG_RATIO = 10.0
 
 
 @dataclass
 class Plot:
-    """One figure: ``name`` (file stem), the ``dataset`` and table ``rows`` it shows, the figure,
-    and the files :func:`save` wrote it to."""
+    """One figure: ``name`` (file stem), the ``dataset`` and row labels (``rows``) it shows, the
+    figure, and the files :func:`save` wrote it to."""
 
     name: str
     dataset: str
@@ -52,111 +60,144 @@ class Plot:
     paths: list[Path] = field(default_factory=list)
 
 
-def _table_key(record: dict) -> tuple[str, str, int]:
-    cfg = record["config"]
-    return cfg["dataset"], cfg["protocol"], int(cfg["n_folds"])
-
-
 def _subtitle(key: tuple[str, str, int]) -> str:
     dataset, protocol, n_folds = key
-    proto = f"{n_folds}-fold CV" if protocol == "kfold" else protocol
-    return f"{dataset}, {proto}: mean ± std over runs (ddof={DDOF})"
+    return f"{dataset}, {protocol_text(protocol, n_folds)}: mean ± std over runs (ddof={DDOF})"
 
 
-def panel_metrics(dataset: str, available: Iterable[str]) -> list[str]:
-    """The dataset family's metrics (its papers' columns) among ``available``, at most MAX_PANELS."""
-    try:
-        family = plugins.get("datasets", dataset).metric_set
-    except BenchError:  # a dataset plug-in no longer present: the store still holds its runs
-        family = "all"
-    wanted = DEFAULT_PANELS if family == "all" else METRIC_SETS.get(family, DEFAULT_PANELS)
+def panel_metrics(results: Results, dataset: str, available: Iterable[str]) -> list[str]:
+    """The dataset family's metrics (its papers' columns) among ``available``, at most MAX_METRIC_PANELS."""
+    family = results.knowledge.metric_sets.get(dataset, "all")
+    wanted = DEFAULT_PANELS if family == "all" else results.metric_columns(dataset)
     available = set(available)
-    return [m for m in wanted if m in available][:MAX_PANELS]
+    return [m for m in wanted if m in available][:MAX_METRIC_PANELS]
 
 
-def _grid(n_panels: int):
+def _grid(n_panels: int, legend_rows: int, title: str):
+    """A figure of ``n_panels`` panels (3 per line) under a wrapped ``title`` and room for a legend
+    of ``legend_rows`` lines; returns the figure, its panels and the legend's top (figure units)."""
     from matplotlib.figure import Figure
 
     cols = min(3, n_panels)
     rows = math.ceil(n_panels / cols)
-    width, height = 4.2 * cols, 3.2 * rows + 0.5
+    width = 4.2 * cols
+    title = textwrap.fill(title, width=int(width * 11))  # ~11 characters per inch at 12 pt
+    title_h = 0.25 * (title.count("\n") + 1) + 0.15
+    legend_h = 0.25 * legend_rows + 0.1
+    height = 3.2 * rows + 0.55 + title_h + legend_h
     fig = Figure(figsize=(width, height))
+    fig.suptitle(title, y=1 - 0.08 / height, va="top")
     # Fixed margins in inches: a constrained layout would double the drawing time.
-    fig.subplots_adjust(left=0.75 / width, right=1 - 0.2 / width, bottom=0.55 / height, top=1 - 0.85 / height,
-                        wspace=0.3, hspace=0.55)
+    fig.subplots_adjust(left=0.75 / width, right=1 - 0.2 / width, bottom=0.55 / height,
+                        top=1 - (title_h + legend_h + 0.3) / height, wspace=0.3, hspace=0.55)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[n_panels:]:
         ax.set_visible(False)
-    return fig, axes[:n_panels]
+    return fig, axes[:n_panels], 1 - title_h / height
 
 
-def _band(ax, frame: pd.DataFrame, x: str, label: str) -> None:
-    """Mean line and ± std band of ``value`` over runs at each ``x``."""
+def _band(ax, frame: pd.DataFrame, x: str, label: str, colour: str) -> pd.Series:
+    """Mean line and ± std band of ``value`` over runs at each ``x``; returns the means."""
     stats = frame.groupby(x)["value"].agg(["mean", "std"]).sort_index()
-    line, = ax.plot(stats.index, stats["mean"], marker="o" if len(stats) <= 12 else None, ms=3, label=label)
+    ax.plot(stats.index, stats["mean"], marker="o" if len(stats) <= 12 else None, ms=3, label=label, color=colour)
     std = stats["std"].fillna(0.0)
-    ax.fill_between(stats.index, stats["mean"] - std, stats["mean"] + std, color=line.get_color(), alpha=0.2)
+    ax.fill_between(stats.index, stats["mean"] - std, stats["mean"] + std, color=colour, alpha=0.2)
+    return stats["mean"]
 
 
-def _panel(ax, frame: pd.DataFrame, x: str, title: str, xlabel: str) -> None:
-    """One panel: a mean ± std band per table row against an integer x (epoch, modalities)."""
-    for row, part in frame.groupby("row", sort=True):
-        _band(ax, part, x, row)
+def _log_if_wide(ax, means: list[pd.Series]) -> None:
+    values = pd.concat(means).dropna() if means else pd.Series(dtype=float)
+    if len(values) and (values > 0).all() and values.max() / values.min() > LOG_RATIO:
+        ax.set_yscale("log")
+
+
+def _panel(ax, frame: pd.DataFrame, x: str, title: str, xlabel: str, colours: dict[str, str]) -> set[str]:
+    """One panel: a mean ± std band per table row against an integer x; returns the rows drawn."""
+    means = [_band(ax, part, x, label, colours[label]) for label, part in frame.groupby("label", sort=True)]
+    _log_if_wide(ax, means)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
+    return set(frame["label"])
+
+
+def _legends(fig, axes, drawn: list[set[str]], colours: dict[str, str], top: float) -> set[str]:
+    """A figure legend of every row drawn; a panel that draws only some of them gets its own."""
+    from matplotlib.lines import Line2D
+
+    rows = sorted(set().union(*drawn), key=list(colours).index)
+    handles = [Line2D([], [], color=colours[r], marker="o", ms=3) for r in rows]
+    fig.legend(handles, rows, loc="upper center", bbox_to_anchor=(0.5, top),
+               ncol=min(len(rows), 4), fontsize="small", frameon=False)
+    for ax, labels in zip(axes, drawn, strict=True):
+        if labels != set(rows):
+            ax.legend(fontsize="x-small")
+    return set(rows)
 
 
 def _label(metric: str) -> str:
     return f"{METRICS[metric].label} {direction_arrow(metric)}" if metric in METRICS else metric
 
 
+def _legend_rows(n: int) -> int:
+    return math.ceil(n / 4)
+
+
 # --------------------------------------------------------------------------- convergence
-def _history_frame(records: list[dict]) -> pd.DataFrame:
-    rows = [{"row": row_label(rec), "job": rec["job_id"], "epoch": epoch, "key": key, "value": value}
-            for rec in records for key, value, epoch in history_points(rec)]
-    return pd.DataFrame(rows, columns=["row", "job", "epoch", "key", "value"])
-
-
 def _curve_order(key: str) -> tuple[int, str]:
     """Training loss terms first (``loss`` leading), then validation metrics."""
     return (key.startswith("val_"), key != "loss", key)
 
 
-def convergence_plots(records: list[dict]) -> list[Plot]:
+def _curve_title(key: str) -> str:
+    return key.removeprefix("val_") + (" (validation)" if key.startswith("val_") else "")
+
+
+def _curve_figures(results: Results, frame: pd.DataFrame, name: str, title: str, key) -> list[Plot]:
+    """Figures of every curve in ``frame`` (one panel each), :data:`MAX_PANELS` per figure."""
+    keys = sorted(frame["key"].unique(), key=_curve_order)
+    chunks = [keys[i:i + MAX_PANELS] for i in range(0, len(keys), MAX_PANELS)]
     plots = []
-    for key, recs in _by_table(records).items():
-        frame = _history_frame(recs).replace([np.inf, -np.inf], np.nan).dropna(subset=["value"])
-        if frame.empty:
-            continue
-        keys = sorted(frame["key"].unique(), key=_curve_order)[:MAX_CONVERGENCE_PANELS]
-        fig, axes = _grid(len(keys))
-        for ax, curve in zip(axes, keys, strict=True):
-            title = curve.removeprefix("val_") + (" (validation)" if curve.startswith("val_") else "")
-            _panel(ax, frame[frame["key"] == curve], "epoch", title, "epoch")
-        axes[0].legend(fontsize="small")
-        fig.suptitle(f"Convergence — {_subtitle(key)}")
-        plots.append(Plot(f"{table_slug(*key)}__convergence", key[0], set(frame["row"]), fig))
+    for n, chunk in enumerate(chunks, 1):
+        part = frame[frame["key"].isin(chunk)]
+        suffix = f" ({n} of {len(chunks)})" if len(chunks) > 1 else ""
+        fig, axes, top = _grid(len(chunk), _legend_rows(part["label"].nunique()), f"{title}{suffix} — {_subtitle(key)}")
+        drawn = [_panel(ax, part[part["key"] == curve], "epoch", _curve_title(curve), "epoch", results.colours)
+                 for ax, curve in zip(axes, chunk, strict=True)]
+        rows = _legends(fig, axes, drawn, results.colours, top)
+        plots.append(Plot(name + (f"_{n}" if n > 1 else ""), key[0], rows, fig))
+    return plots
+
+
+def convergence_plots(results: Results) -> list[Plot]:
+    """Per table and method family: the convergence curves, and the schedule (timing, lr) apart."""
+    plots = []
+    for (table, family), part in results.history().groupby(["table", "family"], sort=True):
+        slug = table_slug(*table)
+        curves, schedule = part[~part["schedule"]], part[part["schedule"]]
+        if len(curves):
+            plots += _curve_figures(results, curves, f"{slug}__convergence_{family}",
+                                    f"Convergence of {family}", table)
+        if len(schedule):
+            plots += _curve_figures(results, schedule, f"{slug}__schedule_{family}",
+                                    f"Training schedule of {family} (epoch time, learning rate)", table)
     return plots
 
 
 # --------------------------------------------------------------------------- modalities
-def modality_plots(records: list[dict]) -> list[Plot]:
+def modality_plots(results: Results) -> list[Plot]:
     plots = []
-    for key, recs in _by_table(records).items():
-        rows = [{"row": row_label(r), "t": t, "metric": m, "value": v}
-                for r in recs for t, entry in enumerate(r.get("step_metrics") or [], 1) for m, v in entry.items()]
-        frame = pd.DataFrame(rows, columns=["row", "t", "metric", "value"]).dropna(subset=["value"])
-        metrics = panel_metrics(key[0], frame["metric"].unique())
-        if not metrics:
+    for table, frame in results.steps().groupby("table", sort=True):
+        metrics = panel_metrics(results, table[0], frame["metric"].unique())
+        if not metrics or frame["t"].nunique() < 2:  # one modality (yeast): a point per panel says nothing
             continue
-        fig, axes = _grid(len(metrics))
-        for ax, metric in zip(axes, metrics, strict=True):
-            _panel(ax, frame[frame["metric"] == metric], "t", _label(metric), "modalities used (t)")
-        axes[0].legend(fontsize="small")
-        fig.suptitle(f"Performance vs. number of modalities — {_subtitle(key)}")
-        plots.append(Plot(f"{table_slug(*key)}__modalities", key[0], set(frame["row"]), fig))
+        fig, axes, top = _grid(len(metrics), _legend_rows(frame["label"].nunique()),
+                               f"Performance vs. number of modalities — {_subtitle(table)}")
+        drawn = [_panel(ax, frame[frame["metric"] == metric], "t", _label(metric), "modalities used (t)",
+                        results.colours) for ax, metric in zip(axes, metrics, strict=True)]
+        rows = _legends(fig, axes, drawn, results.colours, top)
+        plots.append(Plot(f"{table_slug(*table)}__modalities", table[0], rows, fig))
     return plots
 
 
@@ -165,61 +206,61 @@ def _numeric(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def sweeps(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    """(method, hyper-parameter) -> records of the rows that differ only in that numeric
-    hyper-parameter, when at least two values of it were run (the largest such family)."""
-    by_method: dict[str, list[dict]] = defaultdict(list)
-    for rec in records:
-        by_method[rec["config"]["method"]].append(rec)
+def sweeps(rows: Iterable[Row]) -> dict[tuple[str, str], list[Row]]:
+    """(method, hyper-parameter) -> the rows (methods' own outputs) that differ only in that
+    numeric hyper-parameter, when at least two values of it were run (the largest such family)."""
+    by_method: dict[str, list[Row]] = defaultdict(list)
+    for row in rows:
+        if not row.readout:
+            by_method[row.method].append(row)
     found = {}
-    for method, recs in by_method.items():
-        params = [{k: v for k, v in r["config"]["params"].items() if k not in PER_RUN_PARAMS} for r in recs]
+    for method, members in by_method.items():
+        params = [{k: v for k, v in r.params.items() if k not in PER_RUN_PARAMS} for r in members]
         for name in sorted(set().union(*params)):
-            families: dict[str, list[dict]] = defaultdict(list)
-            for rec, p in zip(recs, params, strict=True):
+            families: dict[str, list[Row]] = defaultdict(list)
+            for row, p in zip(members, params, strict=True):
                 if _numeric(p.get(name)):
                     rest = repr(sorted((k, repr(v)) for k, v in p.items() if k != name))
-                    families[rest].append(rec)
-            best = max(families.values(), key=lambda fam: len({r["config"]["params"][name] for r in fam}),
-                       default=[])
-            if len({r["config"]["params"][name] for r in best}) >= 2:
+                    families[rest].append(row)
+            best = max(families.values(), key=lambda fam: len({r.params[name] for r in fam}), default=[])
+            if len({r.params[name] for r in best}) >= 2:
                 found[method, name] = best
     return found
 
 
-def sensitivity_plots(records: list[dict]) -> list[Plot]:
+def sensitivity_plots(results: Results) -> list[Plot]:
     plots = []
-    for key, recs in _by_table(records).items():
-        for (method, name), family in sorted(sweeps(recs).items()):
-            frame = pd.DataFrame([{"x": r["config"]["params"][name], "metric": m, "value": v}
-                                  for r in family for m, v in r["metrics"].items()]).dropna(subset=["value"])
-            metrics = panel_metrics(key[0], frame["metric"].unique())
+    for table, rows in results.by_table().items():
+        for (method, name), family in sorted(sweeps(rows).items()):
+            frame = pd.DataFrame([{"x": row.params[name], "metric": m, "value": v}
+                                  for row in family for rec in row.records
+                                  for m, v in row.metrics_of(rec).items()]).dropna(subset=["value"])
+            metrics = panel_metrics(results, table[0], frame["metric"].unique())
             if not metrics:
                 continue
-            fig, axes = _grid(len(metrics))
+            # The curve takes the colour of the row run at the parameter's default (not --set);
+            # its legend names that row and the parameter varied.
+            default = min(family, key=lambda r: (name in r.overrides, len(r.overrides), r.label))
+            colour = results.colours[default.label]
+            legend = f"{default.label}, {name} varied"
+            fig, axes, top = _grid(len(metrics), 1, f"Sensitivity of {method} to {name} — {_subtitle(table)}")
             for ax, metric in zip(axes, metrics, strict=True):
-                _band(ax, frame[frame["metric"] == metric], "x", method)
+                _log_if_wide(ax, [_band(ax, frame[frame["metric"] == metric], "x", legend, colour)])
                 ax.set_title(_label(metric))
                 ax.set_xlabel(name)
                 ax.grid(alpha=0.3)
-            fig.suptitle(f"Sensitivity of {method} to {name} — {_subtitle(key)}")
-            plots.append(Plot(f"{table_slug(*key)}__sensitivity_{method}_{name}", key[0],
-                              {row_label(r) for r in family}, fig))
+            _legends(fig, axes, [{legend}] * len(axes), {legend: colour}, top)
+            plots.append(Plot(f"{table_slug(*table)}__sensitivity_{method}_{name}", table[0],
+                              {r.label for r in family}, fig))
     return plots
 
 
 # --------------------------------------------------------------------------- all figures
-def _by_table(records: list[dict]) -> dict[tuple[str, str, int], list[dict]]:
-    groups: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
-    for rec in records:
-        groups[_table_key(rec)].append(rec)
-    return dict(sorted(groups.items()))
-
-
-def make_plots(store: ResultStore, datasets=None, methods=None) -> list[Plot]:
-    """Every figure the stored runs support (figures stay open until :func:`close`)."""
-    records = select_records(store, datasets, methods, warn=False)  # the tables have warned
-    return convergence_plots(records) + modality_plots(records) + sensitivity_plots(records)
+def make_plots(results: Results) -> list[Plot]:
+    """Every figure the rows support (figures stay open until :func:`close`)."""
+    if not results:
+        return []
+    return convergence_plots(results) + modality_plots(results) + sensitivity_plots(results)
 
 
 def save(plots: list[Plot], folder: Path, formats=("png", "pdf")) -> list[Path]:

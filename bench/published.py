@@ -21,7 +21,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.metrics import METRICS
-from bench.report import md_row
+from bench.tables import md_row
 
 COLUMNS = ("paper", "table", "dataset", "method", "metric", "value", "std")
 KEY = ("paper", "table", "dataset", "method", "metric")
@@ -129,7 +129,7 @@ def harness_method(paper: str, published_method: str) -> str | None:
 def comparison_frame(table, published: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
     """Tidy rows ``source, row, metric, value, std, delta, against`` for one report table.
 
-    ``table`` is a :class:`bench.report.Table`; only its metrics that a paper reports for its
+    ``table`` is a :class:`bench.tables.Table`; only its metrics that a paper reports for its
     dataset are kept. ``delta`` = our mean - published value, against our row of the same method
     when we ran it (:data:`PAPER_METHODS`), otherwise against ``reference`` (default: our only row
     when the table has one); NaN when there is no row to compare with.
@@ -161,7 +161,7 @@ def paper_comparison(table, published: pd.DataFrame, reference: str | None = Non
                      decimals: int = 3) -> str:
     """Markdown: our rows, then the published rows (marked) with ``Δ`` = measured - published.
 
-    ``table`` is a main or per-class AP :class:`bench.report.Table` (whose columns name the metrics).
+    ``table`` is a main or per-class AP :class:`bench.tables.Table` (whose columns name the metrics).
     """
     frame = comparison_frame(table, published, reference)
     if frame.empty:

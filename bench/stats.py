@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import itertools
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,11 +34,12 @@ import scikit_posthocs
 import scipy.stats
 
 from bench.metrics import METRICS
-from bench.report import RENDERERS, Table, latex_escape, md_row
 from bench.store import atomic_write_bytes
+from bench.tables import RENDERERS, Table, latex_text_table, md_row, write_text
 
 ALPHA = 0.05
 MIN_DATASETS = 2
+MIN_ROWS = 2  # a ranking of one row is no ranking
 MIN_METHODS_FRIEDMAN = 3
 #: Metrics that get a critical-difference diagram (when their Friedman test ran).
 DIAGRAM_METRICS = ("mAP", "average_precision", "micro_f1", "OF1", "CF1", "hamming_loss", "ranking_loss")
@@ -65,17 +67,6 @@ class MetricTest:
     @property
     def n_datasets(self) -> int:
         return len(self.datasets)
-
-    def summary(self) -> str:
-        head = f"{METRICS[self.metric].label}: N = {self.n_datasets} dataset(s), k = {self.ranks.shape[1]} row(s)"
-        if self.reason:
-            text = f"{head}; Friedman test not run: {self.reason}"
-        else:
-            text = (f"{head}; Friedman χ² = {self.friedman_stat:.3f}, p = {_p(self.friedman_p)}; "
-                    f"Nemenyi CD(α={ALPHA}) = {self.cd:.3f}")
-        if self.left_out:
-            text += f"; left out (not on every dataset): {', '.join(self.left_out)}"
-        return text + "."
 
 
 def _p(p: float) -> str:
@@ -183,6 +174,24 @@ def leaderboard(tables: list[Table], metrics: list[str] | None = None) -> list[M
 
 
 # --------------------------------------------------------------------------- presentation
+def outcome_notes(tests: list[MetricTest]) -> tuple[str, ...]:
+    """What could not be tested and what was left out, one line per reason (not one per metric)."""
+    not_run, left_out = defaultdict(list), defaultdict(list)
+    for t in tests:
+        if t.reason:
+            not_run[t.reason].append(METRICS[t.metric].label)
+        if t.left_out:
+            left_out[", ".join(t.left_out)].append(METRICS[t.metric].label)
+    notes = []
+    for reason, labels in not_run.items():
+        which = "any metric" if len(labels) == len(tests) else ", ".join(labels)
+        notes.append(f"Friedman test not run for {which}: {reason}.")
+    for rows, labels in left_out.items():
+        which = "every metric" if len(labels) == len(tests) else ", ".join(labels)
+        notes.append(f"Left out of the ranks of {which} (no value on every dataset): {rows}.")
+    return tuple(notes)
+
+
 def leaderboard_table(tests: list[MetricTest]) -> Table:
     """Average rank per metric (rows x metrics; lower is better) as a report :class:`Table`."""
     ranks = pd.DataFrame({t.metric: t.average_ranks for t in tests})
@@ -192,12 +201,33 @@ def leaderboard_table(tests: list[MetricTest]) -> Table:
                f"(1 = best; ties share the average rank), lower is better; {ALPHA:g}-level tests below; "
                "best in bold, second underlined.")
     return Table(
-        dataset="all", protocol="", n_folds=0, mean=ranks, std=ranks * np.nan,
-        runs=pd.Series(len(datasets), index=ranks.index), undefined={}, kind="leaderboard",
-        directions=dict.fromkeys(ranks.columns, False),
-        headers={m: f"{METRICS[m].label} (rank)" for m in ranks.columns},
-        caption_text=caption, name="leaderboard", notes=tuple(t.summary() for t in tests),
+        "leaderboard", caption, mean=ranks, std=ranks * np.nan, runs=pd.Series(len(datasets), index=ranks.index),
+        kind="leaderboard", dataset="all", directions=dict.fromkeys(ranks.columns, False),
+        headers={m: f"{METRICS[m].label} (rank)" for m in ranks.columns}, notes=outcome_notes(tests), show_std=False,
     )
+
+
+FRIEDMAN_CAPTION = (f"Friedman test of each metric over datasets (tie-corrected χ²) and Nemenyi's critical "
+                    f"difference of average ranks at α = {ALPHA:g} (Demšar 2006).")
+FRIEDMAN_HEADER = ["Metric", "N", "k", "Friedman χ²", "p", "Nemenyi CD"]
+
+
+def _friedman_rows(tests: list[MetricTest]) -> list[list[str]]:
+    """One row per metric whose Friedman test ran: datasets, rows, χ², p, CD."""
+    return [[METRICS[t.metric].label, str(t.n_datasets), str(t.ranks.shape[1]), f"{t.friedman_stat:.3f}",
+             _p(t.friedman_p), f"{t.cd:.3f}"] for t in tests if not t.reason]
+
+
+def friedman_text(tests: list[MetricTest], fmt: str) -> str:
+    """The Friedman table in ``fmt`` ("md" or "latex"); "" when no metric's test ran."""
+    rows = _friedman_rows(tests)
+    if not rows:
+        return ""
+    if fmt == "latex":
+        return latex_text_table(FRIEDMAN_CAPTION, "leaderboard__friedman", FRIEDMAN_HEADER, rows, "lccccc")
+    lines = [f"**Table: {FRIEDMAN_CAPTION}**", "", md_row(FRIEDMAN_HEADER), md_row(["---", *[":-:"] * 5]),
+             *map(md_row, rows)]
+    return "\n".join(lines) + "\n"
 
 
 WILCOXON_CAPTION = (f"Wilcoxon signed-rank tests over datasets for each pair (zero differences split; "
@@ -221,19 +251,20 @@ def wilcoxon_markdown(tests: list[MetricTest]) -> str:
     rows = _wilcoxon_rows(tests)
     lines = [f"**Table: {WILCOXON_CAPTION}**", "", md_row(WILCOXON_HEADER),
              md_row(["---", "---", ":-:", ":-:", ":-:", ":-:", "---"]), *map(md_row, rows)]
-    if not rows:
-        lines.append("_No pair could be tested: " + "; ".join(t.summary() for t in tests) + "_")
     return "\n".join(lines) + "\n"
 
 
 def wilcoxon_latex(tests: list[MetricTest]) -> str:
-    rows = [" & ".join(latex_escape(c) for c in cells) + r" \\" for cells in _wilcoxon_rows(tests)]
-    return "\n".join([
-        r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(WILCOXON_CAPTION)}}}",
-        r"\label{tab:leaderboard\_wilcoxon}", r"\begin{tabular}{llccccl}", r"\toprule",
-        " & ".join(WILCOXON_HEADER) + r" \\", r"\midrule", *rows,
-        r"\bottomrule", r"\end{tabular}", r"\end{table}",
-    ]) + "\n"
+    """The pairs table in LaTeX: one heading per metric (with its N), the pair and "better"
+    columns wrapping to fit ``\\textwidth``."""
+    rows: list[list[str] | str] = []
+    for t in tests:
+        pairs = _wilcoxon_rows([t])
+        if pairs:
+            rows.append(f"{METRICS[t.metric].label} (N = {t.n_datasets} datasets)")
+            rows += [[pair, w, p, holm_p, better] for _, pair, _, w, p, holm_p, better in pairs]
+    header = [h for h in WILCOXON_HEADER if h not in ("Metric", "N")]
+    return latex_text_table(WILCOXON_CAPTION, "leaderboard__wilcoxon", header, rows, "lcccl", wrap_columns=(0, 4))
 
 
 def cd_diagram(test: MetricTest):
@@ -264,23 +295,24 @@ def cd_diagram(test: MetricTest):
 def write_leaderboard(main_tables: list[Table], out_dir: Path, formats=("md", "latex"),
                       metrics: list[str] | None = None,
                       diagram_metrics=DIAGRAM_METRICS) -> tuple[list[Table], list[Path]]:
-    """``leaderboard.{md,tex}``, ``leaderboard__wilcoxon.{md,tex}`` and ``cd_<metric>.{png,pdf}``.
+    """``leaderboard.{md,tex}`` (the average ranks, then the Friedman tests that ran),
+    ``leaderboard__wilcoxon.{md,tex}`` and ``cd_<metric>.{png,pdf}`` (when its Friedman test ran).
 
-    Nothing is written when fewer than :data:`MIN_DATASETS` datasets have results (see
-    :func:`not_run_reason`).
+    Nothing is written when no ranking can be made (:func:`not_run_reason` says why).
     """
     if not_run_reason(main_tables):
         return [], []
-    tests = [t for t in leaderboard(main_tables, metrics) if t.n_datasets >= MIN_DATASETS]
+    tests = [t for t in leaderboard(main_tables, metrics) if t.n_datasets >= MIN_DATASETS and t.ranks.shape[1] >= MIN_ROWS]
     if not tests:
         return [], []
     table = leaderboard_table(tests)
     written = []
     for fmt in formats:
         fn, ext = RENDERERS[fmt]
-        written.append(_write(Path(out_dir) / f"leaderboard{ext}", fn(table)))
+        friedman = friedman_text(tests, fmt)
+        written.append(write_text(Path(out_dir) / f"leaderboard{ext}", fn(table) + ("\n" + friedman if friedman else "")))
         pairs = wilcoxon_markdown(tests) if fmt == "md" else wilcoxon_latex(tests)
-        written.append(_write(Path(out_dir) / f"leaderboard__wilcoxon{ext}", pairs))
+        written.append(write_text(Path(out_dir) / f"leaderboard__wilcoxon{ext}", pairs))
     for test in tests:
         if test.metric in diagram_metrics and not test.reason:
             fig = cd_diagram(test)
@@ -294,14 +326,16 @@ def write_leaderboard(main_tables: list[Table], out_dir: Path, formats=("md", "l
 
 
 def not_run_reason(main_tables: list[Table]) -> str:
-    """Why no leaderboard is built ("" when it is)."""
+    """Why no leaderboard is built, in one line ("" when it is): it needs at least
+    :data:`MIN_DATASETS` datasets and :data:`MIN_ROWS` rows with a value on each of them."""
     datasets = sorted({t.dataset for t in main_tables})
     if len(datasets) < MIN_DATASETS:
         return (f"the leaderboard and its tests need results on at least {MIN_DATASETS} datasets; "
                 f"found {len(datasets)} ({', '.join(datasets) or 'none'})")
+    metrics = {m for t in main_tables for m in t.mean.columns}
+    shared = max((list(score_matrix(main_tables, m)[0].columns) for m in metrics), key=len, default=[])
+    if len(shared) < MIN_ROWS:
+        return (f"the leaderboard ranks rows (methods) against each other and needs at least {MIN_ROWS} with "
+                f"results on every dataset ({', '.join(datasets)}); found {len(shared)}"
+                f"{' (' + ', '.join(shared) + ')' if shared else ''}")
     return ""
-
-
-def _write(path: Path, text: str) -> Path:
-    atomic_write_bytes(path, text.encode())
-    return path

@@ -6,7 +6,9 @@ The ``.npz`` is written first and the ``.json`` last, and the JSON records the S
 ``.npz``; both go through a temporary file in the same folder, ``fsync`` and ``os.replace``, so a
 crash or Ctrl-C leaves either a complete job or no job, never a half-written one that looks
 finished. A file that fails to parse, lacks a field or whose arrays do not match their digest is
-reported and treated as missing, so the job is simply run again.
+reported and treated as missing, so the job is simply run again. Records of an older schema
+(:data:`bench.records.READABLE_VERSIONS`) are read and upgraded (:func:`bench.records.upgrade`);
+new files get the permissions the umask gives any new file.
 
 Tables and plots are always regenerated from these files, never from memory.
 """
@@ -24,17 +26,37 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.records import SCHEMA_VERSION, Record, upgrade
+
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = SCHEMA_VERSION
 REQUIRED_FIELDS = ("job_id", "config", "metrics", "timings", "arrays_sha256", "format_version")
 
 
+def current_umask() -> int:
+    """The process's umask (Linux reports it in ``/proc``; elsewhere it is set and restored)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` so that readers see the old file or the new one, never a part."""
+    """Write ``payload`` to ``path`` so that readers see the old file or the new one, never a part.
+
+    The file gets the permissions of any new file (``0o666`` less the umask): ``mkstemp`` creates
+    its temporary file private (0600), which would make a shared results folder unreadable.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             fh.flush()
@@ -55,8 +77,11 @@ class ResultStore:
         folder = self.root / dataset / method
         return folder / f"{job_id}.json", folder / f"{job_id}.npz"
 
-    def write(self, record: dict, arrays: dict[str, np.ndarray]) -> Path:
-        """Store one finished job; ``record`` must carry ``job_id`` and ``config``."""
+    def write(self, record: dict | Record, arrays: dict[str, np.ndarray]) -> Path:
+        """Store one finished job; ``record`` (a :class:`Record` or the plain dict ``runner.execute``
+        builds) must carry ``job_id`` and ``config``; keys unknown to the store are kept."""
+        if isinstance(record, Record):
+            record = record.to_dict()
         cfg = record["config"]
         json_path, npz_path = self._paths(cfg["dataset"], cfg["method"], record["job_id"])
         buf = io.BytesIO()
@@ -68,7 +93,7 @@ class ResultStore:
         return json_path
 
     def load(self, dataset: str, method: str, job_id: str) -> dict | None:
-        """The record of a finished job, or None if it is absent, partial or corrupt."""
+        """The record of a finished job (current schema), or None if it is absent, partial or corrupt."""
         json_path, _ = self._paths(dataset, method, job_id)
         return self._read(json_path) if json_path.exists() else None
 
@@ -79,7 +104,8 @@ class ResultStore:
             return {k: npz[k] for k in npz.files}
 
     def records(self, dataset: str | None = None, method: str | None = None) -> Iterator[dict]:
-        """Every valid record, optionally for one dataset and/or method."""
+        """Every valid record (as a dict in the current schema), optionally for one dataset and/or
+        method. The read side wraps them once in :class:`bench.records.Record` (bench.results)."""
         pattern = f"{dataset or '*'}/{method or '*'}/*.json"
         for json_path in sorted(self.root.glob(pattern)):
             record = self._read(json_path)
@@ -93,8 +119,7 @@ class ResultStore:
             missing = [f for f in REQUIRED_FIELDS if f not in record]
             if missing:
                 raise ValueError(f"missing field(s) {missing}")
-            if record["format_version"] != FORMAT_VERSION:
-                raise ValueError(f"format_version {record['format_version']} != {FORMAT_VERSION}")
+            record = upgrade(record)  # an older schema is read; a newer one is a ValueError
             digest = hashlib.sha256(npz_path.read_bytes()).hexdigest()
             if digest != record["arrays_sha256"]:
                 raise ValueError(f"{npz_path.name} does not match its recorded SHA-256")

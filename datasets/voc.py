@@ -135,6 +135,7 @@ class _PascalVOC(Dataset):
     test_set: ClassVar[str] = "test"
     protocol = "official"
     metric_set = "voc"
+    per_class_table = True  # DER Table II, CMSG Table 2
     citation = VOC_CITATION
 
     def __init__(self, verify_images: bool = False):

@@ -111,7 +111,6 @@ def test_registry_directions_and_arrows():
 def test_undefined_has_every_skipping_metric():
     result = evaluate(*CASES["floats-b"])
     assert set(result.undefined) == {
-        "ranking_loss",
         "one_error",
         "average_precision",
         "macro_f1",
@@ -141,17 +140,25 @@ def test_hamming_loss_and_subset_accuracy_match_sklearn(case):
     assert result["subset_accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
 
 
-def test_ranking_loss_is_sklearn_without_the_undefined_rows(case):
+def test_ranking_loss_is_sklearn_rows_without_a_pair_scoring_zero(case):
     y_true, scores, result = case
-    n, n_labels = y_true.shape
-    n_relevant = y_true.sum(axis=1)
-    n_defined = int(np.sum((n_relevant > 0) & (n_relevant < n_labels)))
-    assert result.undefined["ranking_loss"] == n - n_defined
-    if n_defined == 0:
-        assert math.isnan(result["ranking_loss"])
-        return
-    # sklearn scores a row without a (relevant, irrelevant) pair 0 and keeps it in the mean.
-    assert result["ranking_loss"] == pytest.approx(label_ranking_loss(y_true, scores) * n / n_defined)
+    # sklearn (like MULAN's loss-based RankingLoss and Clus) scores a row without a (relevant,
+    # irrelevant) pair 0 and keeps it in the mean: nothing is left out.
+    assert result["ranking_loss"] == pytest.approx(label_ranking_loss(y_true, scores), abs=1e-12)
+    assert "ranking_loss" not in result.undefined
+
+
+def test_ranking_loss_on_unlabelled_and_all_labelled_rows_is_sklearn():
+    """MIRFLICKR-like data: many examples with no label, some with every label."""
+    rng = np.random.default_rng(3)
+    y_true = (rng.random((200, 6)) < 0.3).astype(int)
+    y_true[:60] = 0
+    y_true[60:70] = 1
+    scores = rng.random((200, 6))
+    result = evaluate(y_true, scores)
+    assert result["ranking_loss"] == pytest.approx(label_ranking_loss(y_true, scores), abs=1e-12)
+    n_pairless = 70 + int(np.sum(np.isin(y_true[70:].sum(axis=1), (0, 6))))
+    assert n_pairless >= 70  # the case the convention is about
 
 
 def test_coverage_is_mulan_zero_based_with_empty_rows_as_zero(case):
@@ -347,9 +354,10 @@ def test_ranking_metrics_by_hand_with_ties():
     result = evaluate(RANKING_Y, RANKING_SCORES)
     # ranking loss. row 0: pairs (0,1) (0,3) (2,1) (2,3); (2,1) ties 0.8 = 0.8 -> 1/4.
     # row 1: pairs (1,0) tie 0.5 = 0.5, (1,2) fine, (1,3) 0.5 < 0.7 -> 2/3.
-    # row 2 (no relevant) and row 3 (no irrelevant) are undefined: mean(1/4, 2/3) = 11/24.
-    assert result["ranking_loss"] == pytest.approx(11 / 24)
-    assert result.undefined["ranking_loss"] == 2
+    # row 2 (no relevant) and row 3 (no irrelevant) have no pair: 0 each, counted:
+    # (1/4 + 2/3 + 0 + 0) / 4 = 11/48.
+    assert result["ranking_loss"] == pytest.approx(11 / 48)
+    assert "ranking_loss" not in result.undefined
     # one-error. row 0: top is label 0, relevant -> 0; row 1: top is label 3, irrelevant -> 1;
     # row 3: everything relevant -> 0; row 2 skipped: 1/3.
     assert result["one_error"] == pytest.approx(1 / 3)
@@ -488,7 +496,6 @@ def test_metrics_undefined_for_the_whole_input_are_nan():
     scores = np.full((3, 4), 0.1)  # nothing predicted either
     result = evaluate(y_true, scores)
     undefined = {
-        "ranking_loss",
         "one_error",
         "average_precision",
         "macro_f1",
@@ -505,10 +512,10 @@ def test_metrics_undefined_for_the_whole_input_are_nan():
     }
     assert {name for name, value in result.items() if math.isnan(value)} == undefined
     assert result["coverage"] == 0.0  # MULAN: rows without labels count as 0
+    assert result["ranking_loss"] == 0.0  # scikit-learn, MULAN, Clus: no pair, a loss of 0
     assert result["example_f1"] == 1.0  # empty predicted set for an empty true set
     assert result["CP"] == 0.0  # Np[Np == 0] = 1 makes every class precision 0
     assert result.undefined == {
-        "ranking_loss": 3,
         "one_error": 3,
         "average_precision": 3,
         "macro_f1": 4,

@@ -24,7 +24,7 @@ from bench.published import (
     paper_comparison,
     read_csv,
 )
-from bench.report import Table
+from bench.tables import Table
 
 EXPECTED_FILES = {
     "rmlc_table3.csv", "rmlc_table4.csv", "der_table1.csv", "der_table2.csv", "der_table3.csv",
@@ -138,7 +138,8 @@ def test_wrong_columns_and_empty_folder(tmp_path):
 
 def table_of(dataset, rows: dict[str, dict[str, float]]):
     mean = pd.DataFrame(rows).T
-    return Table(dataset, "kfold", 10, mean, mean * 0 + 0.01, pd.Series(10, index=mean.index), {})
+    return Table(f"{dataset}__kfold10", dataset, mean, mean * 0 + 0.01, pd.Series(10, index=mean.index),
+                 dataset=dataset, protocol="kfold", n_folds=10)
 
 
 def test_paper_comparison_marks_published_rows_and_differences(published):

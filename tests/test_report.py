@@ -12,19 +12,19 @@ import numpy as np
 import pytest
 from conftest import check_golden, check_latex_shape
 
-from bench.report import (
-    build_ablation_tables,
-    build_per_class_tables,
-    build_tables,
-    select_records,
-    to_latex,
-    to_markdown,
-    write_reports,
-)
+from bench import results as results_layer
+from bench.report import build_ablation_tables, build_per_class_tables, build_tables, write_reports
+from bench.results import Knowledge
 from bench.store import ResultStore
+from bench.tables import to_latex, to_markdown
 
 METRIC_SETS = {"toy": "all", "toy2": "all", "vocish": "voc"}
 ABLATION_OF = {"rmlc_ns": "rmlc"}
+KNOWLEDGE = Knowledge(METRIC_SETS, frozenset({"vocish"}), ABLATION_OF)
+
+
+def results_of(records, knowledge=KNOWLEDGE):
+    return results_layer.from_records(records, knowledge=knowledge)
 
 
 def record(method, fold, hamming, mAP, overrides=None, undefined=None, dataset="toy", ap=None, labels=None):
@@ -61,19 +61,19 @@ PER_CLASS = [
 
 
 def test_markdown_golden():
-    (table,) = build_tables(RECORDS, metrics=["hamming_loss", "mAP"])
+    (table,) = build_tables(results_of(RECORDS), metrics=["hamming_loss", "mAP"])
     check_golden("toy_main.md", to_markdown(table))
 
 
 def test_latex_golden_and_compile_shaped():
-    (table,) = build_tables(RECORDS, metrics=["hamming_loss", "mAP"])
+    (table,) = build_tables(results_of(RECORDS), metrics=["hamming_loss", "mAP"])
     tex = to_latex(table)
     check_golden("toy_main.tex", tex)
     check_latex_shape(tex)
 
 
 def test_marks_follow_direction_best_bold_second_underlined():
-    (table,) = build_tables(RECORDS, metrics=["hamming_loss", "mAP"])
+    (table,) = build_tables(results_of(RECORDS), metrics=["hamming_loss", "mAP"])
     md = to_markdown(table)
     # hamming (lower is better): rmlc 0.100 best, br 0.200 second, br (C=0.1) 0.400 unmarked
     # mAP (higher is better): rmlc 0.850 best, br and br (C=0.1) tie at 0.600 as printed: both second
@@ -87,7 +87,7 @@ def test_marks_follow_direction_best_bold_second_underlined():
 
 def test_ties_share_the_mark_and_two_rows_get_no_underline():
     recs = [record("a", 0, 0.3, 0.5), record("b", 0, 0.1, 0.5)]
-    (table,) = build_tables(recs, metrics=["hamming_loss", "mAP"])
+    (table,) = build_tables(results_of(recs), metrics=["hamming_loss", "mAP"])
     md = to_markdown(table)
     assert "| a | 0.300 | **0.500** |" in md and "| b | **0.100** | **0.500** |" in md
 
@@ -96,17 +96,17 @@ def test_marks_compare_values_as_printed():
     # 0.1004 and 0.1001 both print as 0.100: a tie on the page is a tie in the marks, and after a
     # tie for the best there is no second (c ranks third); 0.2004 vs 0.2001 likewise tie for second
     recs = [record("a", 0, 0.1004, 0.5), record("b", 0, 0.1001, 0.4), record("c", 0, 0.2, 0.3)]
-    (table,) = build_tables(recs, metrics=["hamming_loss"])
+    (table,) = build_tables(results_of(recs), metrics=["hamming_loss"])
     md = to_markdown(table)
     assert "| a | **0.100** |" in md and "| b | **0.100** |" in md and "| c | 0.200 |" in md
     recs = [record("a", 0, 0.1, 0.5), record("b", 0, 0.2004, 0.4), record("c", 0, 0.2001, 0.3), record("d", 0, 0.3, 0)]
-    (table,) = build_tables(recs, metrics=["hamming_loss"])
+    (table,) = build_tables(results_of(recs), metrics=["hamming_loss"])
     md = to_markdown(table)
     assert "| b | <u>0.200</u> |" in md and "| c | <u>0.200</u> |" in md and "| d | 0.300 |" in md
 
 
 def test_transposed_markdown_puts_metrics_in_rows():
-    (table,) = build_tables(RECORDS, metrics=["hamming_loss", "mAP"])
+    (table,) = build_tables(results_of(RECORDS), metrics=["hamming_loss", "mAP"])
     md = to_markdown(table, transpose=True)
     assert "| Metric | br | br (C=0.1) † (1/3 runs) | rmlc † (2/3 runs) |" in md
     assert "| mAP ↑ | <u>0.600 ± 0.100</u> | <u>0.600</u> | **0.850 ± 0.071** |" in md
@@ -114,14 +114,14 @@ def test_transposed_markdown_puts_metrics_in_rows():
 
 def test_main_table_uses_the_dataset_metric_set():
     recs = [{**r, "metrics": {"hamming_loss": 0.1, "ranking_loss": 0.2, "mAP": 0.5, "CP": 0.4}} for r in RECORDS]
-    (multi,) = build_tables(recs, metric_sets={"toy": "multimodal"})
+    (multi,) = build_tables(results_of(recs, Knowledge({"toy": "multimodal"})))
     assert list(multi.mean.columns) == ["hamming_loss", "ranking_loss"]  # RMLC's set, as far as recorded
-    (coco,) = build_tables(recs, metric_sets={"toy": "coco"})
+    (coco,) = build_tables(results_of(recs, Knowledge({"toy": "coco"})))
     assert list(coco.mean.columns) == ["mAP", "CP"]
 
 
 def test_per_class_ap_table_golden_and_means():
-    (table,) = build_per_class_tables(PER_CLASS, metric_sets=METRIC_SETS)
+    (table,) = build_per_class_tables(results_of(PER_CLASS))
     assert list(table.mean.columns) == ["ap:aeroplane", "ap:bicycle", "ap:bird", "mAP"]
     # readable reference: a's bird AP is its only defined fold (0.4); aeroplane (0.9 + 0.7) / 2
     assert table.mean.at["a", "ap:bird"] == pytest.approx(0.4)
@@ -138,13 +138,14 @@ def test_per_class_ap_table_golden_and_means():
     check_latex_shape(tex)
 
 
-def test_per_class_tables_only_for_voc_family():
-    assert build_per_class_tables(RECORDS + PER_CLASS, metric_sets=METRIC_SETS)[0].dataset == "vocish"
-    assert build_per_class_tables(RECORDS, metric_sets=METRIC_SETS) == []
+def test_per_class_tables_only_for_datasets_whose_papers_print_one():
+    assert build_per_class_tables(results_of(RECORDS + PER_CLASS))[0].dataset == "vocish"
+    assert build_per_class_tables(results_of(RECORDS)) == []
+    assert build_per_class_tables(results_of(PER_CLASS, Knowledge(METRIC_SETS))) == []
 
 
 def test_ablation_tables_group_a_method_with_its_ablations_and_variants():
-    tables = build_ablation_tables(RECORDS + ABLATION, ablation_of=ABLATION_OF, metric_sets=METRIC_SETS)
+    tables = build_ablation_tables(results_of(RECORDS + ABLATION))
     assert [(t.family, list(t.mean.index)) for t in tables] == [
         ("br", ["br", "br (C=0.1)"]), ("rmlc", ["rmlc", "rmlc_ns"])]
     rmlc = tables[1]
@@ -159,8 +160,8 @@ def test_reports_are_rebuilt_from_the_store(tmp_path):
     store = ResultStore(tmp_path / "results")
     for rec in RECORDS + ABLATION + PER_CLASS:
         store.write(rec, {"scores": np.zeros(1)})
-    tables, written = write_reports(store, tmp_path / "reports", metric_sets=METRIC_SETS,
-                                    ablation_of=ABLATION_OF, leaderboard=False)
+    results = results_layer.from_records(results_layer.read_records(store), knowledge=KNOWLEDGE)
+    tables, written = write_reports(results, tmp_path / "reports", leaderboard=False)
     assert [p.name for p in written] == [
         "toy__kfold3.md", "toy__kfold3.tex", "vocish__kfold3.md", "vocish__kfold3.tex",
         "vocish__kfold3__per_class_ap.md", "vocish__kfold3__per_class_ap.tex",
@@ -182,10 +183,11 @@ def test_runs_made_with_other_defaults_are_left_out_of_tables_with_a_warning(tmp
         rec = record("br", fold, 0.1, 0.5, overrides=overrides)
         rec["config"]["params"] = params
         store.write(rec, {"scores": np.zeros(1)})
-    with caplog.at_level("WARNING", logger="bench.report"):
-        kept = select_records(store)
-    assert sorted(r["config"]["fold"] for r in kept) == [0, 3]
-    assert "3 of br on toy (C, max_iter, solver)" in caplog.text
+    with caplog.at_level("WARNING", logger="bench.results"):
+        kept = results_layer.load(store).records
+    assert sorted(r.config.fold for r in kept) == [0, 3]
+    assert "3 of br on toy made with other hyper-parameters than the current defaults (C, max_iter, solver)" in caplog.text
+    assert len([r for r in caplog.records if r.name == "bench.results"]) == 1
 
 
 def test_footnote_counts_only_the_undefined_entries_of_metrics_the_table_shows():
@@ -193,14 +195,14 @@ def test_footnote_counts_only_the_undefined_entries_of_metrics_the_table_shows()
     recs = [record("a", 0, 0.1, 0.5, undefined={"mAP": 1, "macro_f1": 5}),
             record("a", 1, 0.2, 0.6, undefined={"mAP": 2, "example_f1": 1}),
             record("b", 0, 0.3, 0.7, undefined={"macro_f1": 4})]
-    (with_map,) = build_tables(recs, metrics=["hamming_loss", "mAP"])
+    (with_map,) = build_tables(results_of(recs), metrics=["hamming_loss", "mAP"])
     assert with_map.undefined == {"mAP": 3}
     for text in (to_markdown(with_map), to_latex(with_map)):
         notes = [line for line in text.splitlines() if "ndefined" in line]
         assert len(notes) == 1 and "3" in notes[0] and "5" not in notes[0] and "4" not in notes[0]
         plain = text.lower().replace("\\_", "_")  # LaTeX escapes the underscore of a key
         assert not any(name in plain for name in ("macro_f1", "macro-f1", "example_f1", "example-f1"))
-    (without_map,) = build_tables(recs, metrics=["hamming_loss"])
+    (without_map,) = build_tables(results_of(recs), metrics=["hamming_loss"])
     assert without_map.undefined == {}
     for text in (to_markdown(without_map), to_latex(without_map)):
         assert "ndefined" not in text and "mAP" not in text

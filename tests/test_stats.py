@@ -19,17 +19,19 @@ import pytest
 from conftest import check_golden, check_latex_shape
 from statsmodels.stats.multitest import multipletests
 
-from bench.report import Table, to_latex, to_markdown
 from bench.stats import (
     critical_difference,
+    friedman_text,
     holm,
     leaderboard,
     leaderboard_table,
     metric_test,
     not_run_reason,
+    outcome_notes,
     wilcoxon_markdown,
     write_leaderboard,
 )
+from bench.tables import Table, to_latex, to_markdown
 
 METHODS = ["C4.5", "C4.5+m", "C4.5+cf", "C4.5+m+cf"]
 DEMSAR_AUC = {
@@ -54,7 +56,8 @@ def tables_from(scores: dict[str, tuple], methods, metric="mAP") -> list[Table]:
     tables = []
     for dataset, values in scores.items():
         mean = pd.DataFrame({metric: values}, index=list(methods))
-        tables.append(Table(dataset, "kfold", 10, mean, mean * np.nan, pd.Series(10, index=mean.index), {}))
+        tables.append(Table(f"{dataset}__kfold10", dataset, mean, mean * np.nan, pd.Series(10, index=mean.index),
+                            dataset=dataset, protocol="kfold", n_folds=10))
     return tables
 
 
@@ -129,14 +132,15 @@ def test_too_few_datasets_or_methods_says_why():
     assert "at least 2 datasets" in not_run_reason(tables_from({"d1": (0.5, 0.6)}, ["a", "b"]))
     two = metric_test(tables_from({"d1": (0.5, 0.6), "d2": (0.4, 0.7)}, ["a", "b"]), "mAP")
     assert "at least 3 rows" in two.reason and len(two.wilcoxon) == 1  # the pair is still tested
-    assert "Friedman test not run" in two.summary()
+    assert outcome_notes([two]) == ("Friedman test not run for any metric: needs at least 3 rows with a value "
+                                    "on every dataset, found 2.",)
 
 
 def test_rows_missing_on_a_dataset_are_left_out_and_named():
     tables = tables_from({"d1": (0.5, 0.6, 0.7), "d2": (0.4, 0.7, np.nan)}, ["a", "b", "c"])
     test = metric_test(tables, "mAP")
     assert list(test.ranks.columns) == ["a", "b"] and test.left_out == ["c"]
-    assert "left out (not on every dataset): c" in test.summary()
+    assert outcome_notes([test])[-1] == "Left out of the ranks of every metric (no value on every dataset): c."
 
 
 SMALL = {"d1": (0.50, 0.60, 0.70), "d2": (0.40, 0.70, 0.60), "d3": (0.30, 0.50, 0.80)}
@@ -149,7 +153,7 @@ def test_leaderboard_table_golden(tmp_path):
     # ranks: a 3,3,3 -> 3.000; b 2,1,2 -> 1.667; c 1,2,1 -> 1.333 (lower is better)
     assert "| c | **1.333** |" in md and "| b | <u>1.667</u> |" in md and "| a | 3.000 |" in md
 
-    check_golden("leaderboard.md", md)
+    check_golden("leaderboard.md", md + "\n" + friedman_text(tests, "md"))
     check_golden("leaderboard_wilcoxon.md", wilcoxon_markdown(tests))
     tex = to_latex(table)
     check_golden("leaderboard.tex", tex)
@@ -164,3 +168,34 @@ def test_write_leaderboard_writes_tables_and_cd_diagram(tmp_path):
     assert (tmp_path / "figures/cd_mAP.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "figures/cd_mAP.pdf").read_bytes()[:5] == b"%PDF-"
     assert write_leaderboard(tables_from({"d1": (0.5, 0.6, 0.7)}, ["a", "b", "c"]), tmp_path) == ([], [])
+
+
+def test_a_leaderboard_of_one_row_is_not_built_and_says_why_in_one_line(tmp_path, capsys):
+    """One method on two datasets used to give a table of bold 1.000 ranks and 22 footnotes."""
+    one_row = tables_from({"d1": (0.5,), "d2": (0.6,)}, ["a"])
+    reason = not_run_reason(one_row)
+    assert reason == ("the leaderboard ranks rows (methods) against each other and needs at least 2 with results "
+                      "on every dataset (d1, d2); found 1 (a)")
+    assert write_leaderboard(one_row, tmp_path / "out") == ([], []) and not (tmp_path / "out").exists()
+    # b has no value on d2: a and b are never ranked on the same datasets
+    assert "found 1 (a)" in not_run_reason(tables_from({"d1": (0.5, 0.4), "d2": (0.6, np.nan)}, ["a", "b"]))
+    assert not_run_reason(tables_from(SMALL, ["a", "b", "c"])) == ""
+
+
+def test_cli_report_with_one_method_on_two_datasets_builds_no_ranking(tmp_path, capsys):
+    from bench.cli import main
+    from bench.store import ResultStore
+
+    store = ResultStore(tmp_path / "results")
+    for dataset in ("d1", "d2"):
+        for fold in range(2):
+            store.write({"job_id": f"{dataset}{fold}", "overrides": {}, "timings": {}, "undefined": {},
+                         "config": {"dataset": dataset, "method": "br", "protocol": "kfold", "n_folds": 2,
+                                    "fold": fold, "seed": 0},
+                         "metrics": {"hamming_loss": 0.1 + fold / 10, "mAP": 0.5}}, {"scores": np.zeros(1)})
+    assert main(["report", "--no-mlflow", "--format", "md"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("leaderboard not built:")]
+    assert lines == ["leaderboard not built: the leaderboard ranks rows (methods) against each other and needs at "
+                     "least 2 with results on every dataset (d1, d2); found 1 (br)"]
+    assert "(rank)" not in out and not (tmp_path / "reports" / "leaderboard.md").exists()

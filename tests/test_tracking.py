@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import textwrap
+import time
 
 import numpy as np
 import pytest
 from conftest import TINY_DATASET
 
 from bench import plugins, runner
+from bench import results as results_layer
 from bench.cli import main
+from bench.records import Record
+from bench.report import build_tables
 from bench.store import ResultStore
 from bench.tracking import Tracker, default_tracking_uri, tracking_enabled
 
@@ -82,21 +87,36 @@ def tracked(tmp_path_factory):
             assert main([*RUN, "--method", "curvy", "--seeds", "0", "--set", f"scale={scale}"]) == 0
         assert main(["report", "--format", "both"]) == 0
         tracker = Tracker.for_results(results)  # a second report's MLflow part, without redrawing
-        again = tracker.sync(ResultStore(results))
+        again = tracker.sync(results_layer.load(ResultStore(results)))
         tracker.log_report(sorted((root / "reports").glob("*.md")))
         assert not tracker.disabled
+        # the whole results folder copied elsewhere (a teammate's copy), then reported there
+        moved = root / "copy" / "results"
+        shutil.copytree(results, moved)
+        copied_at = time.time_ns()
+        before = _listing(results / "mlartifacts")
+        assert main(["--results", str(moved), "report", "--format", "md", "--out", str(root / "copy" / "reports")]) == 0
+        after = _listing(results / "mlartifacts")
         plugins.load.cache_clear()
         runner.load_dataset.cache_clear()
-    return {"root": root, "results": results, "store": ResultStore(results), "first": first, "again": again}
+    return {"root": root, "results": results, "store": ResultStore(results), "first": first, "again": again,
+            "moved": moved, "copied_at": copied_at, "original_artifacts": (before, after)}
+
+
+def _listing(folder):
+    """Every file under ``folder`` with its modification time."""
+    return sorted((p.relative_to(folder).as_posix(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file())
 
 
 def test_run_resume_report_read_back_with_mlflow_client(tracked):
-    assert tracked["again"] == {"jobs_logged": 0, "parents_updated": 0}
+    assert tracked["again"] == {"jobs_logged": 0, "parents_updated": 0, "legacy_replaced": 0}
     for check in (check_store_is_the_default_sqlite_next_to_results, check_parent_child_tree,
-                  check_parent_params_tags_and_aggregates, check_aggregates_follow_the_resume,
+                  check_parent_params_tags_and_aggregates, check_parent_aggregates_are_the_table_cells,
+                  check_parent_spans_its_jobs, check_aggregates_follow_the_resume,
                   check_child_metrics_and_curves, check_step_scores_stored_with_the_job,
                   check_tables_and_figures_on_parents_and_leaderboard,
-                  check_forced_rerun_replaces_the_child):  # last: it rewrites a child run
+                  check_a_copied_store_keeps_its_artifacts, check_a_job_is_logged_in_one_batch,
+                  check_forced_rerun_replaces_the_child_only_when_its_result_changed):  # last: rewrites a child
         check(tracked)
 
 
@@ -104,6 +124,16 @@ def _client(results):
     from mlflow import MlflowClient
 
     return MlflowClient(default_tracking_uri(results))
+
+
+PARENTS = {"br": "br · tiny@{fp} · kfold3", "curvy": "curvy · tiny@{fp} · kfold3",
+           "curvy (scale=1.0)": "curvy (scale=1.0) · tiny@{fp} · kfold3",
+           "curvy (scale=4.0)": "curvy (scale=4.0) · tiny@{fp} · kfold3"}
+
+
+def _name(tracked, row):
+    fp = next(tracked["store"].records())["config"]["data_fingerprint"][:8]
+    return PARENTS[row].format(fp=fp)
 
 
 def _experiment_id(results):
@@ -118,8 +148,8 @@ def _by_kind(runs, kind):
     return [r for r in runs if r.data.tags.get("bench.kind") == kind]
 
 
-def _parent(runs, name):
-    return next(r for r in _by_kind(runs, "parent") if r.data.tags["mlflow.runName"] == name)
+def _parent(runs, row):
+    return next(r for r in _by_kind(runs, "parent") if r.data.tags["bench.row"] == row)
 
 
 def check_store_is_the_default_sqlite_next_to_results(tracked):
@@ -135,21 +165,20 @@ def check_parent_child_tree(tracked):
     assert len(records) == 18  # br 2 seeds x 3 folds, curvy 2 x 3, curvy scale=1 and scale=4 x 3
     assert sorted(r.data.tags["bench.job_id"] for r in jobs) == sorted(r["job_id"] for r in records)
     parents = {p.info.run_id: p.data.tags["mlflow.runName"] for p in _by_kind(runs, "parent")}
-    assert sorted(parents.values()) == ["br · tiny · kfold3", "curvy (scale=1.0) · tiny · kfold3",
-                                        "curvy (scale=4.0) · tiny · kfold3", "curvy · tiny · kfold3"]
+    assert sorted(parents.values()) == sorted(_name(tracked, row) for row in PARENTS)
     children_per_parent = {}
     for job in jobs:
         children_per_parent.setdefault(parents[job.data.tags["mlflow.parentRunId"]], []).append(job)
     assert {k: len(v) for k, v in children_per_parent.items()} == {
-        "br · tiny · kfold3": 6, "curvy · tiny · kfold3": 6,
-        "curvy (scale=1.0) · tiny · kfold3": 3, "curvy (scale=4.0) · tiny · kfold3": 3}
+        _name(tracked, "br"): 6, _name(tracked, "curvy"): 6,
+        _name(tracked, "curvy (scale=1.0)"): 3, _name(tracked, "curvy (scale=4.0)"): 3}
     assert len(_by_kind(runs, "leaderboard")) == 1
     assert len(runs) == 18 + 4 + 1  # nothing else, nothing twice (resume, second sync and report)
 
 
 def check_parent_params_tags_and_aggregates(tracked):
     runs = _runs(tracked)
-    parent = _parent(runs, "br · tiny · kfold3")
+    parent = _parent(runs, "br")
     records = list(tracked["store"].records("tiny", "br"))
     assert parent.data.params["C"] == "1.0" and "random_state" not in parent.data.params
     tags = parent.data.tags
@@ -161,14 +190,41 @@ def check_parent_params_tags_and_aggregates(tracked):
         assert parent.data.metrics[f"{metric}_mean"] == pytest.approx(sum(values) / 6)
         assert parent.data.metrics[f"{metric}_std"] == pytest.approx(np.std(values, ddof=1))
     assert set(parent.data.metrics) >= {f"{m}_mean" for m in records[0]["metrics"]}
+    assert tags["bench.data_fingerprint"] == records[0]["config"]["data_fingerprint"]
+
+
+def check_parent_aggregates_are_the_table_cells(tracked):
+    """The parents' mean/std are the results layer's, which the tables print: equal, not close."""
+    runs = _runs(tracked)
+    tables = build_tables(results_layer.load(tracked["store"]))
+    [table] = [t for t in tables if t.dataset == "tiny"]
+    assert list(table.mean.index) == list(PARENTS)
+    for row in PARENTS:
+        metrics = _parent(runs, row).data.metrics
+        for metric in table.mean.columns:
+            assert metrics[f"{metric}_mean"] == table.mean.at[row, metric]
+            assert metrics[f"{metric}_std"] == table.std.at[row, metric]
+        assert metrics["n_runs"] == table.runs[row]
+
+
+def check_parent_spans_its_jobs(tracked):
+    """A parent's duration is the real duration of its jobs, not the milliseconds it took to log."""
+    runs = _runs(tracked)
+    parent = _parent(runs, "br")
+    children = [r for r in _by_kind(runs, "job") if r.data.tags["mlflow.parentRunId"] == parent.info.run_id]
+    spans = [Record.from_dict(r).span_ms() for r in tracked["store"].records("tiny", "br")]
+    assert sorted(c.info.start_time for c in children) == sorted(s for s, _ in spans)
+    assert parent.info.start_time == min(c.info.start_time for c in children)
+    assert parent.info.end_time == max(c.info.end_time for c in children)
+    assert parent.info.end_time - parent.info.start_time >= sum(e - s for s, e in spans) / 6
 
 
 def check_aggregates_follow_the_resume(tracked):
     client = _client(tracked["results"])
-    first = {r.data.tags["mlflow.runName"]: r for r in _by_kind(tracked["first"], "parent")}
-    assert first["br · tiny · kfold3"].data.metrics["n_runs"] == 3
-    parent = _parent(_runs(tracked), "br · tiny · kfold3")
-    assert parent.info.run_id == first["br · tiny · kfold3"].info.run_id  # the same parent, updated
+    first = {r.data.tags["bench.row"]: r for r in _by_kind(tracked["first"], "parent")}
+    assert first["br"].data.metrics["n_runs"] == 3
+    parent = _parent(_runs(tracked), "br")
+    assert parent.info.run_id == first["br"].info.run_id  # the same parent, updated
     history = client.get_metric_history(parent.info.run_id, "n_runs")
     assert [(m.step, m.value) for m in history] == [(3, 3.0), (6, 6.0)]
     steps = [m.step for m in client.get_metric_history(parent.info.run_id, "mAP_mean")]
@@ -190,7 +246,9 @@ def check_child_metrics_and_curves(tracked):
     assert [m.step for m in by_steps] == [1, 2]
     assert [m.value for m in by_steps] == pytest.approx([s["mAP"] for s in record["step_metrics"]])
     assert record["step_metrics"][1]["mAP"] == pytest.approx(record["metrics"]["mAP"])  # last step = output
-    assert child.data.tags["mlflow.parentRunId"] == _parent(runs, "curvy · tiny · kfold3").info.run_id
+    assert child.data.tags["mlflow.parentRunId"] == _parent(runs, "curvy").info.run_id
+    environment = json.loads(child.data.tags["bench.environment"])
+    assert environment == record["environment"]  # library versions and all
 
 
 def check_step_scores_stored_with_the_job(tracked):
@@ -215,33 +273,87 @@ def check_tables_and_figures_on_parents_and_leaderboard(tracked):
     board = _by_kind(runs, "leaderboard")[0]
     board_files = _artifacts(client, board.info.run_id)
     assert {"tables/tiny__kfold3.md", "tables/tiny__kfold3.tex", "tables/tiny__kfold3.json",
-            "figures/tiny__kfold3__convergence.png", "figures/tiny__kfold3__modalities.png",
+            "figures/tiny__kfold3__convergence_curvy.png", "figures/tiny__kfold3__modalities.png",
             "figures/tiny__kfold3__sensitivity_curvy_scale.png"} <= set(board_files)
     table = json.loads(open(client.download_artifacts(board.info.run_id, "tables/tiny__kfold3.json")).read())
     assert "br" in [row[table["columns"].index("row")] for row in table["data"]]
-    curvy = _artifacts(client, _parent(runs, "curvy · tiny · kfold3").info.run_id)
-    assert {"tables/tiny__kfold3.md", "figures/tiny__kfold3__convergence.png",
+    curvy = _artifacts(client, _parent(runs, "curvy").info.run_id)
+    assert {"tables/tiny__kfold3.md", "figures/tiny__kfold3__convergence_curvy.png",
             "figures/tiny__kfold3__sensitivity_curvy_scale.png"} <= set(curvy)
-    br = _artifacts(client, _parent(runs, "br · tiny · kfold3").info.run_id)
-    assert "figures/tiny__kfold3__convergence.png" not in br  # br has no history_: not in that figure
+    br = _artifacts(client, _parent(runs, "br").info.run_id)
+    assert "figures/tiny__kfold3__convergence_curvy.png" not in br  # br has no history_: not in that figure
     child = _by_kind(runs, "job")[0]
     ap = json.loads(open(client.download_artifacts(child.info.run_id, "per_label_ap.json")).read())
     assert list(ap) == ["l0", "l1", "l2", "l3"]
     figures = tracked["root"] / "reports" / "figures"
-    assert (figures / "tiny__kfold3__convergence.pdf").read_bytes().startswith(b"%PDF")
+    assert (figures / "tiny__kfold3__convergence_curvy.pdf").read_bytes().startswith(b"%PDF")
     assert (figures / "tiny__kfold3__modalities.png").read_bytes().startswith(b"\x89PNG")
 
 
-def check_forced_rerun_replaces_the_child(tracked):
+def check_a_copied_store_keeps_its_artifacts(tracked):
+    """A copied results folder used to send new artifacts to the original folder's mlartifacts/."""
+    from mlflow import MlflowClient
+
+    moved = tracked["moved"]
+    before, after = tracked["original_artifacts"]
+    assert before == after  # nothing written into the original folder by the copy's report
+    client = MlflowClient(default_tracking_uri(moved))
+    exp = client.get_experiment_by_name("bench")
+    assert exp.artifact_location == (moved / "mlartifacts").resolve().as_uri()
+    board = next(r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("bench.kind") == "leaderboard")
+    assert board.info.artifact_uri.startswith((moved / "mlartifacts").resolve().as_uri())
+    assert (moved / "mlartifacts" / board.info.run_id / "artifacts" / "tables").is_dir()
+    # the copy's report logged its tables into the copy (over those copied along), none into the original
+    logged = [p for p in (moved / "mlartifacts").rglob("tiny__kfold3.md") if p.stat().st_mtime_ns > tracked["copied_at"]]
+    assert len(logged) >= 2  # the leaderboard's and br's parent's, at least
+
+
+def _with(record: dict, **changes) -> dict:
+    return {**record, **changes}
+
+
+def check_a_job_is_logged_in_one_batch(tracked):
+    from mlflow import MlflowClient
+
+    store = tracked["store"]
+    record = next(r for r in store.records("tiny", "curvy") if not r["overrides"])
+    calls = []
+    original = MlflowClient.log_batch
+
+    def counting(self, run_id, *args, **kwargs):
+        calls.append(run_id)
+        return original(self, run_id, *args, **kwargs)
+
+    tracker = Tracker(default_tracking_uri(tracked["results"]))
+    assert tracker.experiment_id  # the store is open: count only the job's own calls
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(MlflowClient, "log_batch", counting)
+        tracker.log_job(_with(record, job_id="one-batch-job"))  # a new job of an existing row
+    assert not tracker.disabled and len(calls) == 1
+    [child] = [r for r in _by_kind(_runs(tracked), "job") if r.data.tags["bench.job_id"] == "one-batch-job"]
+    assert child.data.metrics["mAP"] == pytest.approx(record["metrics"]["mAP"])
+    assert len(child.data.metrics) > 30 and child.data.params["fold"] == str(record["config"]["fold"])
+    tracker.client.delete_run(child.info.run_id)
+
+
+def check_forced_rerun_replaces_the_child_only_when_its_result_changed(tracked):
     store = tracked["store"]
     record = next(store.records("tiny", "br"))
     tracker = Tracker(default_tracking_uri(tracked["results"]))
-    changed = {**record, "finished_at": "2030-01-01T00:00:00+0000"}
+
+    def children():
+        return [r for r in _by_kind(_runs(tracked), "job") if r.data.tags["bench.job_id"] == record["job_id"]]
+
+    [before] = children()
+    tracker.log_job(_with(record, finished_at="2030-01-01T00:00:00+0000"))  # re-run, same result
+    assert [r.info.run_id for r in children()] == [before.info.run_id]
+    changed = _with(record, metrics={**record["metrics"], "mAP": 0.123}, finished_at="2030-01-01T00:00:00+0000")
     tracker.log_job(changed)
     tracker.log_job(changed)
-    jobs = [r for r in _by_kind(_runs(tracked), "job") if r.data.tags["bench.job_id"] == record["job_id"]]
-    assert [r.data.tags["bench.finished_at"] for r in jobs] == ["2030-01-01T00:00:00+0000"]
+    [after] = children()
+    assert after.info.run_id != before.info.run_id and after.data.metrics["mAP"] == 0.123
     tracker.log_job(record)  # back to what the store holds, for the other tests' sake
+    assert [r.data.tags["bench.finished_at"] for r in children()] == [record["finished_at"]]
     assert not tracker.disabled
 
 
@@ -269,3 +381,33 @@ def test_switches(monkeypatch, tmp_path):
     tracker = Tracker.for_results(tmp_path)
     assert tracker.uri == "http://mlflow.example:5000" and tracker.artifact_root is None
     assert Tracker.for_results(tmp_path, "sqlite:////x/y.db").artifact_root == "file:///x/mlartifacts"
+
+
+def test_a_broken_mlflow_database_that_holds_runs_is_left_alone_and_one_line_says_what_to_do(
+        tmp_path, monkeypatch, caplog):
+    import sqlite3
+
+    import mlflow
+
+    from bench.results import Results
+
+    db = tmp_path / "results" / "mlflow.db"
+    db.parent.mkdir()
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE runs (run_uuid TEXT)")
+        con.executemany("INSERT INTO runs VALUES (?)", [("a",), ("b",)])
+    content = db.read_bytes()
+
+    def broken(tracking_uri):
+        raise RuntimeError("(sqlite3.OperationalError) table span_metrics already exists\n[SQL: CREATE TABLE ...]")
+
+    monkeypatch.setattr(mlflow, "MlflowClient", broken)
+    tracker = Tracker.for_results(tmp_path / "results")
+    with caplog.at_level(logging.WARNING, logger="bench.tracking"):
+        assert tracker.sync(Results([])) is None
+        tracker.log_job({"job_id": "x", "config": {"method": "m", "dataset": "d", "protocol": "kfold", "n_folds": 2,
+                                                   "fold": 0, "seed": 0}, "metrics": {}})
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "bench.tracking"]
+    assert "table span_metrics already exists" in warning and "holds 2 run(s)" in warning
+    assert f"move it aside (mv {db} {db}.broken) and run `bench report`" in warning and "\n" not in warning
+    assert db.read_bytes() == content and tracker.disabled
