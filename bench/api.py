@@ -52,15 +52,31 @@ class Method(BaseEstimator):
     :meth:`predict_scores`. :meth:`predict` thresholds the scores at ``threshold``; a method whose
     paper decides label sets differently (beam search, a learned stop) overrides it.
 
+    :meth:`predict_scores` returns float64 [n, L] in [0, 1]; :meth:`predict` uint8 {0, 1} [n, L].
+
+    Hyper-parameters that mean the same thing have the same name in every method: ``epochs``,
+    ``batch_size``, ``lr``, ``patience`` (early stopping, None: off), ``monitor`` (the validation
+    key it watches), ``val_fraction`` (the part of the training fold held out for validation),
+    ``amp`` (mixed precision on GPUs); dataset-scale defaults and ``--set`` rely on it.
+
     Optional conventions the harness uses when present:
 
     * a ``random_state`` constructor argument is set to the job's seed;
     * a ``device`` constructor argument is set to the worker's device (``"cpu"``, ``"cuda:0"``);
-    * ``history_``: a list of per-epoch dicts (``{"epoch": 3, "loss": ..., "val_map": ...}``,
-      epochs counted from 1 as the papers' convergence figures do;
-      loss terms by name, validation metrics prefixed ``val_``) for convergence plots;
+    * ``history_``: a list of per-epoch dicts (``{"epoch": 3, "loss": ..., "val_mAP": ...}``,
+      epochs counted from 1 as the papers' convergence figures do, over all training stages;
+      numeric values: loss terms by name, validation metrics prefixed ``val_``; the one string
+      ``"stage"`` when training has several stages) for convergence plots;
     * ``predict_steps(data)`` -> float array [M, n, L]: the scores after each modality / step,
-      for methods whose paper plots a metric against the number of modalities used.
+      for methods whose paper plots a metric against the number of modalities used;
+    * ``predict_readouts(data)`` -> ``{name: float64 [n, L] in [0, 1]}``: other named readouts of
+      the SAME fitted model (DER's ``first_stream`` and ``second_stream``, RMLC's F^t after the
+      first t modalities), for papers that compare readouts of one trained network; each is
+      evaluated like the main scores (predictions = scores >= ``threshold``) and becomes a row of
+      the method's ablation table, ``<row>:<name>``. Names are short lowercase identifiers; an
+      empty dict means none. The main scores stay the method's own row;
+    * ``class_maps(data)`` -> float array [n, L, h, w] >= 0: per-label maps on the backbone's grid
+      (DER's class-aware maps, attention maps) for the report's map figures.
 
     A registered ablation of another method (e.g. ``rmlc_ns`` of ``rmlc``) sets ``ablation_of`` to
     that method's name, so the report can put the paper's ablations side by side; its constructor

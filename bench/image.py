@@ -9,15 +9,28 @@ Transforms
 ----------
 :class:`ImageTransform` is a plain, hashable description (its :meth:`~ImageTransform.describe`
 string is part of cache keys): ``resize`` (square side, the image is warped to
-``resize x resize`` as ML-GCN's ``Resize((s, s))`` does), then a ``crop`` (random when training,
-centred otherwise), then an optional random horizontal flip. The papers' recipes:
+``resize x resize`` as ML-GCN's ``Resize((s, s))`` does), then optionally one of the ``five_crop``
+crops (the four corners and the centre, one drawn at random per image), then a ``crop`` (random
+when training, centred otherwise), then an optional random horizontal flip. The papers' recipes:
 
 * DER, CMSG (ML-GCN style): train ``resize=512, crop=448, flip``; test ``resize=448``;
+* RETDM: "resized to R, then cropped at four corners and the center; finally the cropped images
+  are further cropped to S" (the sizes were lost from the text): ``resize=R, five_crop=C, crop=S``;
+  reading: each time an image is drawn, one of its five crops is chosen uniformly (over the epochs
+  the model sees all five, as a five-fold expanded set would show them);
 * a frozen feature extractor (Order-Free RNN, :mod:`bench.image_features`): ``resize=s`` only.
 
-``train_transform(image_size, resize, flip)`` and ``test_transform(image_size)`` build them from a
-method's constructor arguments; ``image_size=None`` keeps an in-memory image at its native size
-(the default dataset's 56 x 56 canvases need no resampling).
+``train_transform(image_size, resize, flip, five_crop)`` and ``test_transform(image_size)`` build
+them from a method's constructor arguments; ``image_size=None`` keeps an in-memory image at its
+native size (the default dataset's 56 x 56 canvases need no resampling).
+
+Batches
+-------
+The loader yields ``(images uint8 [B, 3, h, w], labels [B, L], index long [B])``, ``index`` being
+each image's position in the view (the training loop's :class:`~bench.training.Batch` carries it,
+so a method can look up per-example data such as a sample's neighbours). Which examples form each
+batch is decided by an :class:`IndexBatches` (a batch sampler filled anew every epoch), so a method
+can compose its own batches (RETDM draws images that carry a sample's neighbour labels).
 """
 
 from __future__ import annotations
@@ -39,7 +52,8 @@ from bench.errors import BenchError
 # ----------------------------------------------------------------------------- transforms
 @dataclass(frozen=True)
 class ImageTransform:
-    """resize (square warp) -> crop (random if ``random_crop``, else centred) -> random h-flip.
+    """resize (square warp) -> one of the five crops (random) -> crop (random if ``random_crop``,
+    else centred) -> random h-flip.
 
     Operates on ``uint8`` tensors ``[C, H, W]``; each step is skipped when its size is ``None``.
     Randomness comes from torch's global generator, which the loader seeds per worker.
@@ -49,25 +63,30 @@ class ImageTransform:
     crop: int | None = None
     random_crop: bool = False
     flip: bool = False
+    five_crop: int | None = None
 
     def __post_init__(self):
-        for name in ("resize", "crop"):
+        for name in ("resize", "five_crop", "crop"):
             value = getattr(self, name)
             if value is not None and (int(value) != value or value < 1):
                 raise BenchError(f"image transform: {name} must be a positive integer or None, got {value!r}")
-        if self.resize is not None and self.crop is not None and self.crop > self.resize:
-            raise BenchError(f"image transform: crop {self.crop} is larger than resize {self.resize}")
+        sizes = [(n, getattr(self, n)) for n in ("resize", "five_crop", "crop") if getattr(self, n) is not None]
+        for (outer, a), (inner, b) in zip(sizes, sizes[1:], strict=False):
+            if b > a:
+                raise BenchError(f"image transform: {inner} {b} is larger than {outer} {a}")
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         from torchvision.transforms.v2 import functional as TF
 
         if self.resize is not None and tuple(img.shape[-2:]) != (self.resize, self.resize):
             img = TF.resize(img, [self.resize, self.resize], antialias=True)
+        if self.five_crop is not None:
+            self._check_fits(self.five_crop, img, "five_crop")
+            # torchvision's order: top-left, top-right, bottom-left, bottom-right, centre
+            img = TF.five_crop(img, [self.five_crop, self.five_crop])[int(torch.randint(0, 5, ()).item())]
         if self.crop is not None:
+            self._check_fits(self.crop, img, "crop")
             h, w = img.shape[-2:]
-            if self.crop > min(h, w):
-                raise BenchError(f"image transform: crop {self.crop} exceeds the image size {h}x{w}; "
-                                 "set a larger resize")
             if self.random_crop:
                 top = int(torch.randint(0, h - self.crop + 1, ()).item())
                 left = int(torch.randint(0, w - self.crop + 1, ()).item())
@@ -78,10 +97,18 @@ class ImageTransform:
             img = TF.horizontal_flip(img)
         return img
 
+    @staticmethod
+    def _check_fits(size: int, img: torch.Tensor, name: str) -> None:
+        h, w = img.shape[-2:]
+        if size > min(h, w):
+            raise BenchError(f"image transform: {name} {size} exceeds the image size {h}x{w}; set a larger resize")
+
     def output_size(self, native: tuple[int, int] | None) -> tuple[int, int] | None:
         """The (H, W) this transform produces from images of size ``native`` (None: unknown)."""
         if self.crop is not None:
             return (self.crop, self.crop)
+        if self.five_crop is not None:
+            return (self.five_crop, self.five_crop)
         if self.resize is not None:
             return (self.resize, self.resize)
         return native
@@ -89,16 +116,19 @@ class ImageTransform:
     def describe(self) -> str:
         """A stable one-line description, used in cache keys and logs."""
         crop = "none" if self.crop is None else f"{'random' if self.random_crop else 'center'}{self.crop}"
-        return f"resize={self.resize or 'none'},crop={crop},flip={'yes' if self.flip else 'no'}"
+        five = f"five_crop={self.five_crop}," if self.five_crop is not None else ""
+        return f"resize={self.resize or 'none'},{five}crop={crop},flip={'yes' if self.flip else 'no'}"
 
 
-def train_transform(image_size: int | None, resize: int | None = None, flip: bool = True) -> ImageTransform:
-    """Training augmentation: resize to ``resize`` (if given), random crop ``image_size``, flip.
+def train_transform(image_size: int | None, resize: int | None = None, flip: bool = True,
+                    five_crop: int | None = None) -> ImageTransform:
+    """Training augmentation: resize to ``resize`` (if given), one of the ``five_crop`` crops (if
+    given), random crop ``image_size``, flip.
 
-    Without ``resize`` the image is resized straight to ``image_size`` (no crop)."""
-    if resize is None:
+    Without ``resize`` (and ``five_crop``) the image is resized straight to ``image_size`` (no crop)."""
+    if resize is None and five_crop is None:
         return ImageTransform(resize=image_size, flip=flip)
-    return ImageTransform(resize=resize, crop=image_size, random_crop=True, flip=flip)
+    return ImageTransform(resize=resize, five_crop=five_crop, crop=image_size, random_crop=True, flip=flip)
 
 
 def test_transform(image_size: int | None) -> ImageTransform:
@@ -139,16 +169,18 @@ def decode_file(path: Path | str) -> torch.Tensor:
 
 
 class ImageSet(Dataset):
-    """Indexable (image uint8 [3, h, w], labels float32 [L]) pairs of an :class:`ImageView`.
+    """Indexable (image uint8 [3, h, w], labels float32 [L]) pairs of an :class:`ImageView`, and
+    the item's index too with ``with_index=True``.
 
     ``Y=None`` gives an empty label vector (prediction). In-memory arrays are sliced per item;
     file paths are decoded on access, i.e. inside the DataLoader workers.
     """
 
-    def __init__(self, view: ImageView, Y: np.ndarray | None, transform: ImageTransform):
+    def __init__(self, view: ImageView, Y: np.ndarray | None, transform: ImageTransform, with_index: bool = False):
         self.view = view
         self.Y = None if Y is None else torch.as_tensor(np.asarray(Y, dtype=np.float32))
         self.transform = transform
+        self.with_index = with_index
 
     def __len__(self) -> int:
         return len(self.view)
@@ -159,7 +191,25 @@ class ImageSet(Dataset):
         else:
             img = decode_file(self.view.paths[i])
         y = self.Y[i] if self.Y is not None else torch.empty(0)
+        if self.with_index:
+            return self.transform(img), y, i
         return self.transform(img), y
+
+
+class IndexBatches:
+    """A batch sampler whose batches (lists of indices) are set before each pass over the loader.
+
+    A DataLoader iterates its batch sampler anew each time it is iterated (with persistent
+    workers too), so one loader serves every epoch, each with the batches the training loop drew."""
+
+    def __init__(self):
+        self.batches: list[np.ndarray] = []
+
+    def __iter__(self):
+        return (np.asarray(b).tolist() for b in self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def default_num_workers(view: ImageView) -> int:
@@ -184,19 +234,21 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def make_loader(view: ImageView, Y: np.ndarray | None, transform: ImageTransform, *, batch_size: int,
-                shuffle: bool, seed: int = 0, num_workers: int | None = None, pin_memory: bool = False,
-                drop_last: bool = False) -> DataLoader:
+def make_loader(view: ImageView, Y: np.ndarray | None, transform: ImageTransform, *, batch_size: int = 1,
+                shuffle: bool = False, seed: int = 0, num_workers: int | None = None, pin_memory: bool = False,
+                drop_last: bool = False, batch_sampler: IndexBatches | None = None) -> DataLoader:
     """A DataLoader of (uint8 images [B, 3, h, w], labels [B, L]); decoding and augmentation in
     ``num_workers`` processes (None: :func:`default_num_workers`), pinned memory for fast,
-    asynchronous host-to-GPU copies."""
+    asynchronous host-to-GPU copies. With a ``batch_sampler`` (which then decides batch size and
+    order) the batches also carry the images' indices: (images, labels, index [B])."""
     workers = default_num_workers(view) if num_workers is None else int(num_workers)
     generator = torch.Generator().manual_seed(int(seed))
-    return DataLoader(
-        ImageSet(view, Y, transform), batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-        pin_memory=pin_memory, drop_last=drop_last, generator=generator, worker_init_fn=_seed_worker,
-        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
-    )
+    common = dict(num_workers=workers, pin_memory=pin_memory, generator=generator, worker_init_fn=_seed_worker,
+                  persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+    if batch_sampler is not None:
+        return DataLoader(ImageSet(view, Y, transform, with_index=True), batch_sampler=batch_sampler, **common)
+    return DataLoader(ImageSet(view, Y, transform), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                      **common)
 
 
 def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[float], device: torch.device,

@@ -6,9 +6,15 @@ width ``D`` laid out on a ``grid = (h, w)`` with ``h * w = N``:
 * image datasets: a CNN backbone's last feature map ``[B, C, h, w]`` (optionally projected to
   ``width`` by a 1x1 convolution), flattened row-major to tokens ``[B, h*w, D]``: the spatial
   positions, exactly the ``X`` the papers' heads consume;
-* feature datasets: modality ``m`` (standardised with the training fold's mean and std) goes through
-  its own ``Linear(d_m, D)`` + ReLU to one token, so the M modalities form tokens ``[B, M, D]``
-  on the grid ``(1, M)``.
+* feature datasets: modality ``m`` (standardised with the training part's mean and std,
+  :class:`Standardize`) goes through its own ``Linear(d_m, D)`` + ReLU to one token, so the M
+  modalities form tokens ``[B, M, D]`` on the grid ``(1, M)``. Views are matched by name: the
+  encoder remembers the names (and order) it was fitted on, and the batches give the views in
+  that order whatever the order of a later dataset's views.
+
+An image encoder also accepts float32 backbone maps ``[B, C, h, w]`` instead of uint8 images (the
+cached frozen features of :mod:`bench.feature_cache`): images always travel as uint8, so the dtype
+tells the two apart.
 
 :func:`build_token_encoder` picks the image view when the dataset has one (``inputs="auto"``),
 else the feature views; ``inputs="features"`` forces the feature encoder on a dataset that has
@@ -18,6 +24,7 @@ both (the default ``mnist-mosaic``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -90,48 +97,70 @@ class ImageTokenEncoder(TokenEncoder):
             self.backbone.eval()
         return self
 
-    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+    def backbone_map(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> the backbone's last map [B, C, h, w] (before the projection)."""
         x = to_model_input(images, self.backbone.mean, self.backbone.std, images.device, self.channels_last)
         if self.freeze_backbone:
             with torch.no_grad():
-                fmap = self.backbone(x)
-        else:
-            fmap = self.backbone(x)
-        return self.project(fmap)
+                return self.backbone(x)
+        return self.backbone(x)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        fmap = self.feature_map(images)
+    def feature_map(self, inputs: torch.Tensor) -> torch.Tensor:
+        """uint8 images, or float backbone maps (cached), -> the projected map [B, D, h, w]."""
+        if inputs.dtype == torch.uint8:
+            return self.project(self.backbone_map(inputs))
+        if inputs.ndim != 4 or inputs.shape[1] != self.backbone.out_channels:
+            raise BenchError(f"image tokens: float inputs must be {self.backbone.name} maps [B, "
+                             f"{self.backbone.out_channels}, h, w], got {tuple(inputs.shape)}")
+        return self.project(inputs)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        fmap = self.feature_map(inputs)
         if tuple(fmap.shape[-2:]) != self.grid:
             raise BenchError(f"image tokens: expected a {self.grid} feature map for {self.image_size} inputs, "
                              f"got {tuple(fmap.shape[-2:])}; all images of a batch must have the encoder's size")
         return fmap.flatten(2).transpose(1, 2)
 
 
+class Standardize(nn.Module):
+    """Per-feature standardisation of M feature views with statistics of the training part:
+    ``(x_m - mean_m) / scale_m`` with scikit-learn's :class:`~sklearn.preprocessing.StandardScaler`
+    statistics (population std; a constant feature gets scale 1), stored as float32 buffers.
+    ``view_names`` are the views it was fitted on, in the order ``forward`` takes them."""
+
+    def __init__(self, views: dict[str, np.ndarray]):
+        from sklearn.preprocessing import StandardScaler
+
+        super().__init__()
+        self.view_names = tuple(views)
+        self.dims = tuple(int(v.shape[1]) for v in views.values())
+        for i, v in enumerate(views.values()):
+            scaler = StandardScaler().fit(np.asarray(v, dtype=np.float64))
+            self.register_buffer(f"mean_{i}", torch.as_tensor(scaler.mean_, dtype=torch.float32))
+            self.register_buffer(f"scale_{i}", torch.as_tensor(scaler.scale_, dtype=torch.float32))
+
+    def forward(self, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        if len(views) != len(self.view_names):
+            raise BenchError(f"feature views: expected {len(self.view_names)} views {self.view_names}, got {len(views)}")
+        return [(x - getattr(self, f"mean_{i}")) / getattr(self, f"scale_{i}") for i, x in enumerate(views)]
+
+
 class FeatureTokenEncoder(TokenEncoder):
-    """M feature views -> M tokens [B, M, D]: per view standardisation (training-fold statistics,
-    stored as buffers), then its own Linear(d_m, D) and ReLU."""
+    """M feature views -> M tokens [B, M, D]: per view standardisation (:class:`Standardize`),
+    then its own Linear(d_m, D) and ReLU."""
 
     kind = FEATURES
 
     def __init__(self, views: dict[str, np.ndarray], width: int | None = None):
         super().__init__(width or DEFAULT_FEATURE_WIDTH, (1, len(views)))
-        self.view_names = tuple(views)
+        self.standardize = Standardize(views)
+        self.view_names = self.standardize.view_names
         self.embed = nn.ModuleList(nn.Linear(v.shape[1], self.width) for v in views.values())
-        for i, v in enumerate(views.values()):
-            v = np.asarray(v, dtype=np.float64)
-            std = v.std(axis=0)
-            self.register_buffer(f"mean_{i}", torch.as_tensor(v.mean(axis=0), dtype=torch.float32))
-            self.register_buffer(f"std_{i}", torch.as_tensor(np.where(std > 1e-8, std, 1.0), dtype=torch.float32))
         self.act = nn.ReLU()
 
-    def forward(self, views: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> torch.Tensor:
-        if len(views) != len(self.embed):
-            raise BenchError(f"feature tokens: expected {len(self.embed)} views {self.view_names}, got {len(views)}")
-        tokens = []
-        for i, (x, linear) in enumerate(zip(views, self.embed, strict=True)):
-            x = (x - getattr(self, f"mean_{i}")) / getattr(self, f"std_{i}")
-            tokens.append(self.act(linear(x)))
-        return torch.stack(tokens, dim=1)
+    def forward(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
+        xs = self.standardize(views)
+        return torch.stack([self.act(linear(x)) for x, linear in zip(xs, self.embed, strict=True)], dim=1)
 
 
 def _probe_grid(backbone: Backbone, image_size: tuple[int, int]) -> tuple[int, int]:
@@ -164,16 +193,18 @@ def select_inputs(data: MultiLabelData, inputs: str = "auto") -> str:
 
 def build_token_encoder(data: MultiLabelData, backbone: str, width: int | None = None,
                         pretrained: bool | str = True, *, image_size: int | None = None,
-                        inputs: str = "auto", freeze_backbone: bool = False) -> TokenEncoder:
-    """The encoder for ``data`` (a training fold: feature statistics are taken from it).
+                        inputs: str = "auto", freeze_backbone: bool = False,
+                        views: dict[str, np.ndarray] | None = None) -> TokenEncoder:
+    """The encoder for ``data`` (a training part: feature statistics are taken from it).
 
     Image view: ``build_backbone(backbone, pretrained)``; ``image_size`` is the side of the square
     images the encoder will see (None: the native size of an in-memory view, else 448).
-    Feature views: ``backbone`` and ``pretrained`` are unused; ``width`` defaults to 256.
+    Feature views: ``views`` (default: all of ``data``'s, in its order; the encoder expects them in
+    this order); ``backbone`` and ``pretrained`` are unused; ``width`` defaults to 256.
     """
     kind = select_inputs(data, inputs)
     if kind == FEATURES:
-        return FeatureTokenEncoder(data.feature_views, width)
+        return FeatureTokenEncoder(views if views is not None else data.feature_views, width)
     size = (image_size, image_size) if image_size else native_size(data.image_view)
     if size is None:
         size = (DEFAULT_FILE_IMAGE_SIZE, DEFAULT_FILE_IMAGE_SIZE)

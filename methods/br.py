@@ -55,4 +55,4 @@ class BinaryRelevance(Method):
         return self
 
     def predict_scores(self, data: MultiLabelData) -> np.ndarray:
-        return self.model_.predict_proba(data.concatenated_features())
+        return self.model_.predict_proba(data.concatenated_features()).astype(np.float64)

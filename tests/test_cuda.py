@@ -45,9 +45,9 @@ def test_rmlc_forward_on_the_device_matches_the_cpu():
 
 def test_rmlc_trains_on_the_device_and_stays_there():
     data = mosaic(400)
-    model = plugin_module("methods", "rmlc").RMLC(hidden=32, max_epochs=3, device=DEVICE).fit(data.subset(np.arange(300)))
+    model = plugin_module("methods", "rmlc").RMLC(hidden=32, epochs=3, device=DEVICE).fit(data.subset(np.arange(300)))
     assert model.device_.type == torch.device(DEVICE).type
-    assert all(p.device.type == model.device_.type for p in model.net_.parameters())
+    assert all(p.device.type == model.device_.type for p in model.model_.parameters())
     assert all(np.isfinite(h["loss"]) and np.isfinite(h["val_ranking_loss"]) for h in model.history_)
     steps = model.predict_steps(data.subset(np.arange(300, 400)))
     assert steps.shape == (len(data.feature_views), 100, data.n_labels) and np.isfinite(steps).all()
@@ -83,7 +83,7 @@ def test_stage_features_on_the_device_match_the_cpu():
 
 def test_cli_runs_a_torch_method_on_the_device_and_records_it(tmp_path):
     rc = main(["--results", str(tmp_path / "results"), "run", "--method", "rmlc", "--dataset", "yeast",
-               "--folds", "2", "--device", DEVICE, "--set", "max_epochs=2", "--set", "hidden=16",
+               "--folds", "2", "--device", DEVICE, "--set", "epochs=2", "--set", "hidden=16",
                "--no-progress", "--no-mlflow"])
     assert rc == 0
     records = list(ResultStore(tmp_path / "results").records("yeast", "rmlc"))

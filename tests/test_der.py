@@ -33,8 +33,10 @@ def pairwise_sum(vectors):
     return total
 
 
-def reference_losses(a, y, margin=1.0):
-    """Eq. (7) and Eq. (10) for ONE image, by a loop over its labels. Returns (L_lce, L_lr)."""
+def reference_losses(a, y, margin=1.0, hinge="per_label"):
+    """Eq. (7) and Eq. (10) for ONE image, by a loop over its labels. Returns (L_lce, L_lr).
+
+    ``hinge="on_sum"``: the push term as the prose after Eq. (7) writes it, [1 - Σ_k ‖a_k - ā‖²]_+."""
     labels = range(len(y))
     positives = [c for c in labels if y[c] == 1]
     negatives = [c for c in labels if y[c] == 0]
@@ -42,7 +44,11 @@ def reference_losses(a, y, margin=1.0):
         return 0.0, 0.0
     centroid = sum(a[j] for j in positives) / len(positives)
     dist = {c: float(((a[c] - centroid) ** 2).sum()) for c in labels}
-    lce = sum(dist[j] for j in positives) + sum(max(0.0, margin - dist[k]) for k in negatives)
+    if hinge == "per_label":
+        push = sum(max(0.0, margin - dist[k]) for k in negatives)
+    else:
+        push = max(0.0, margin - sum(dist[k] for k in negatives)) if negatives else 0.0
+    lce = sum(dist[j] for j in positives) + push
     if not negatives:
         return lce, 0.0
     lr = max(0.0, margin + max(dist[j] for j in positives) - min(dist[k] for k in negatives))
@@ -62,10 +68,11 @@ def random_batch(batch=6, labels=7, dim=5, seed=0, scale=0.5):
 
 # ---------------------------------------------------------------- losses
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_embedding_and_ranking_losses_match_a_loop_over_the_labels_of_each_image(der, seed):
+@pytest.mark.parametrize("hinge", ["per_label", "on_sum"])
+def test_embedding_and_ranking_losses_match_a_loop_over_the_labels_of_each_image(der, seed, hinge):
     a, y = random_batch(seed=seed)
-    refs = [reference_losses(a[i], y[i]) for i in range(len(y))]
-    lce = der.label_correlation_embedding_loss(a, y)
+    refs = [reference_losses(a[i], y[i], hinge=hinge) for i in range(len(y))]
+    lce = der.label_correlation_embedding_loss(a, y, hinge=hinge)
     lr = der.label_ranking_loss(a, y)
     assert float(lce) == pytest.approx(np.mean([r[0] for r in refs]), abs=1e-6)
     assert float(lr) == pytest.approx(np.mean([r[1] for r in refs]), abs=1e-6)
@@ -102,11 +109,32 @@ def test_images_without_any_positive_or_negative_label_give_finite_losses_and_gr
     assert float(der.label_ranking_loss(vec, everything)) == 0.0
 
 
-def test_losses_are_computed_in_float32_from_bfloat16_inputs(der):
-    a, y = random_batch(seed=4)
-    lce = der.label_correlation_embedding_loss(a.bfloat16(), y.bfloat16())
-    assert lce.dtype == torch.float32
-    assert float(lce) == pytest.approx(float(der.label_correlation_embedding_loss(a.bfloat16().double(), y)), rel=1e-5)
+def test_the_hinge_readings_differ_where_negatives_are_far_in_total_but_not_each(der):
+    a = torch.zeros(1, 3, 1, dtype=torch.float64)
+    a[0, 1, 0], a[0, 2, 0] = 0.8, 0.8              # label 0 positive (ā = 0); ‖a_k - ā‖² = 0.64 each
+    y = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+    assert float(der.label_correlation_embedding_loss(a, y, hinge="per_label")) == pytest.approx(2 * 0.36)
+    assert float(der.label_correlation_embedding_loss(a, y, hinge="on_sum")) == 0.0   # 1 - 1.28 < 0
+
+
+def test_losses_run_in_float32_when_the_forward_pass_runs_in_bfloat16(monkeypatch, one_torch_thread):
+    """Hook 11 on DER: under a bf16 autocast (CPU's, standing in for CUDA's) the head's outputs are
+    bf16, yet Eqs. (7), (10), (15) see float32 outputs and labels and give float32 losses."""
+    data = runner.load_dataset("mnist-mosaic", "unused").subset(np.arange(64))
+    method = small_run(inputs="features", epochs=1, steps_per_epoch=1, batch_size=8).fit(data)
+    monkeypatch.setattr(method, "autocast", lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    seen = {}
+    forward, loss = method.forward_train, method.compute_loss
+    monkeypatch.setattr(method, "forward_train", lambda m, b: seen.setdefault("raw", forward(m, b)))
+    monkeypatch.setattr(method, "compute_loss", lambda o, y: seen.setdefault("loss", (o, y, loss(o, y)))[2])
+    batch = next(method._source(data, train=True).batches([np.arange(8)]))
+    total, terms = method.training_loss(batch)
+    assert seen["raw"]["logits"].dtype == torch.bfloat16          # the autocast really was on
+    outputs, y, _ = seen["loss"]
+    assert all(v.dtype == torch.float32 for v in outputs.values()) and y.dtype == torch.float32
+    assert total.dtype == torch.float32 and all(t.dtype == torch.float32 for t in terms.values())
+    expected, _ = loss({k: v.float() for k, v in seen["raw"].items()}, batch.y)
+    assert float(total.detach()) == float(expected.detach())
 
 
 def test_classification_loss_is_eq15_summed_over_labels_and_averaged_over_images(der):
@@ -119,6 +147,8 @@ def test_classification_loss_is_eq15_summed_over_labels_and_averaged_over_images
             p = 1 / (1 + math.exp(-float(logits[i, c])))
             loop -= float(y[i, c]) * math.log(p) + (1 - float(y[i, c])) * math.log(1 - p)
     assert float(der.classification_loss(logits, y)) == pytest.approx(loop / 4, abs=1e-9)
+    # ML-GCN's reading: the mean over the C labels
+    assert float(der.classification_loss(logits, y, reduction="mean")) == pytest.approx(loop / 4 / 3, abs=1e-9)
 
 
 # ---------------------------------------------------------------- the head
@@ -200,15 +230,12 @@ def test_ablation_switches(der):
     total, terms = DER(alpha=0, beta=0).compute_loss(out, y)
     assert set(terms) == {"cls"} and total is terms["cls"]
     joint = der.DERHead(width=6, n_tokens=8, n_labels=5)(tokens)
-    torch.testing.assert_close(DER(prediction="first").scores(joint), torch.sigmoid(joint["logits_first"]))
-    torch.testing.assert_close(DER(prediction="second").scores(joint), torch.sigmoid(joint["logits_second"]))
     torch.testing.assert_close(DER().scores(joint), torch.sigmoid(joint["logits"]))
 
 
 def test_registered_ablations_fix_their_switches_and_hide_them_from_hyper_parameters():
     expected = {"der_baseline": {"disentangle": False, "alpha": 0.0, "beta": 0.0},
-                "der_disentangle": {"alpha": 0.0, "beta": 0.0}, "der_embed": {"beta": 0.0},
-                "der_first": {"prediction": "first"}, "der_second": {"prediction": "second"}}
+                "der_disentangle": {"alpha": 0.0, "beta": 0.0}, "der_embed": {"beta": 0.0}}
     full = set(plugins.get("methods", "der")().get_params())
     for name, fixed in expected.items():
         cls = plugins.get("methods", name)
@@ -223,17 +250,22 @@ def test_bad_switches_are_one_line_errors(der):
     DER = plugins.get("methods", "der")
     with pytest.raises(BenchError, match="set alpha=0 and beta=0"):
         DER(disentangle=False).build_head(encoder, 3)
-    with pytest.raises(BenchError, match="prediction must be one of"):
-        DER(prediction="both").build_head(encoder, 3)
+    with pytest.raises(BenchError, match="bce_reduction must be one of sum, mean, got 'max'"):
+        DER(bce_reduction="max").build_head(encoder, 3)
+    with pytest.raises(BenchError, match="lce_hinge must be one of per_label, on_sum"):
+        DER(lce_hinge="outside").build_head(encoder, 3)
     assert DER(disentangle=False, alpha=0, beta=0).build_head(encoder, 3).embed is None
     assert DER(beta=0).build_head(encoder, 3).embed[0].in_features == 6      # f_embed width h*w
 
 
 # ---------------------------------------------------------------- through the pipeline (CPU, fast)
+def small_params():
+    return dict(backbone="small-cnn", pretrained=False, image_size=None, resize=None, batch_size=16,
+                device="cpu", num_workers=0, random_state=0)
+
+
 def small_run(**overrides):
-    params = dict(backbone="small-cnn", pretrained=False, image_size=None, resize=None, batch_size=16,
-                  device="cpu", num_workers=0, random_state=0)
-    return plugins.get("methods", "der")(**{**params, **overrides})
+    return plugins.get("methods", "der")(**{**small_params(), **overrides})
 
 
 def test_der_trains_on_the_default_dataset_image_view_through_the_cli(tmp_path, one_torch_thread):
@@ -261,9 +293,35 @@ def test_der_on_the_feature_token_view_learns_and_readouts_share_one_network(one
     from sklearn.metrics import average_precision_score
     chance = test.Y.mean()                                        # mAP of uninformative scores
     assert average_precision_score(test.Y, scores, average="macro") > chance + 0.3
-    # Table V: the readout switch does not change training (same seed, CPU): same weights
-    first = small_run(prediction="first", **kwargs).fit(train)
-    for (name, a), (_, b) in zip(joint.model_.state_dict().items(), first.model_.state_dict().items(), strict=True):
-        torch.testing.assert_close(a, b, msg=name)
-    first_logits = joint.predict_outputs(test)["logits_first"].astype(np.float64)
-    np.testing.assert_allclose(first.predict_scores(test), 1 / (1 + np.exp(-first_logits)), rtol=1e-5)
+    # Table V: the other confidences are readouts of the same trained network
+    readouts = joint.predict_readouts(test)
+    assert set(readouts) == {"first_stream", "second_stream"}
+    outputs = {k: v.astype(np.float64) for k, v in joint.predict_outputs(test).items()}
+
+    def sigmoid(v):
+        return 1 / (1 + np.exp(-v))
+
+    np.testing.assert_allclose(readouts["first_stream"], sigmoid(outputs["logits_first"]), rtol=1e-6)
+    np.testing.assert_allclose(readouts["second_stream"], sigmoid(outputs["logits_second"]), rtol=1e-6)
+    np.testing.assert_allclose(scores, sigmoid((outputs["logits_first"] + outputs["logits_second"]) / 2), rtol=1e-5)
+    assert not np.allclose(readouts["first_stream"], readouts["second_stream"])
+    baseline = plugins.get("methods", "der_baseline")(**{**small_params(), **kwargs}).fit(train)
+    assert baseline.predict_readouts(test) == {}                  # one stream: nothing else to read out
+
+
+def test_class_maps_are_the_cadms_on_the_backbone_grid_clipped_at_zero(one_torch_thread):
+    data = runner.load_dataset("mnist-mosaic", "unused")
+    method = small_run(epochs=1, steps_per_epoch=1).fit(data.subset(np.arange(32)))
+    images = data.subset(np.arange(100, 103))
+    maps = method.class_maps(images)
+    assert maps.shape == (3, data.n_labels, 14, 14) and maps.dtype == np.float32 and (maps >= 0).all()
+    with torch.no_grad():
+        pixels = torch.as_tensor(images.views["image"].array).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+        tokens = method.encoder_.eval()(pixels)                                   # X as [B, h*w, d]
+        theta = method.head_.fcls.weight
+    for b in range(3):
+        for c in (0, 4, 9):
+            for i, j in [(0, 0), (3, 7), (13, 13)]:                                # Eq. (1) at (i, j)
+                expected = max(float(theta[c] @ tokens[b, i * 14 + j]), 0.0)
+                assert maps[b, c, i, j] == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    assert maps.max() > 0

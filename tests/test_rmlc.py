@@ -1,5 +1,6 @@
 """RMLC (methods/rmlc.py): Eqs. 1-6 against a per-sample reference loop, the role of S, Algorithm 1's
-per-step updates, training through the harness, and one-line errors for bad input."""
+per-step updates, the shared training loop against the implementation it replaced, views by name,
+training through the harness, and one-line errors for bad input."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import plugin_module
+from reference_rmlc import OldRMLCNet, old_make_optimizer, old_standardised_views, old_train_batch
 
 from bench import plugins
 from bench.cli import main
@@ -24,10 +26,10 @@ def rmlc():
     return plugin_module("methods", "rmlc")
 
 
-def tiny_net(rmlc, label_correlation=True, dims=(2, 3, 4), hidden=5, n_labels=3, seed=0):
+def tiny_net(rmlc, label_correlation=True, dims=(2, 3, 4), hidden=5, n_labels=3, seed=0, peepholes="full"):
     """A float64 network with a non-zero S (S starts at zero in training)."""
     net = rmlc.RMLCNet(list(dims), hidden, n_labels, label_correlation,
-                       torch.Generator().manual_seed(seed)).double()
+                       torch.Generator().manual_seed(seed), peepholes=peepholes).double()
     with torch.no_grad():
         net.S.copy_(torch.randn(n_labels, n_labels, generator=torch.Generator().manual_seed(seed + 1),
                                 dtype=torch.float64))
@@ -79,9 +81,9 @@ def reference(net, xs, y, lam, label_correlation):
 
 
 # --------------------------------------------------------------------------- (a) equations
-@pytest.mark.parametrize("label_correlation", [True, False])
-def test_vectorized_forward_and_loss_match_the_per_example_equations(rmlc, label_correlation):
-    net = tiny_net(rmlc, label_correlation)
+@pytest.mark.parametrize("label_correlation, peepholes", [(True, "full"), (False, "full"), (True, "diagonal")])
+def test_vectorized_forward_and_loss_match_the_per_example_equations(rmlc, label_correlation, peepholes):
+    net = tiny_net(rmlc, label_correlation, peepholes=peepholes)
     xs, y = tiny_batch()
     lam = 0.1
     F_ref, loss_ref = reference(net, xs, y, lam, label_correlation)
@@ -92,7 +94,7 @@ def test_vectorized_forward_and_loss_match_the_per_example_equations(rmlc, label
         # the training forward: steps 1..t+1 recomputed, only the last step's logits kept
         last = net(xt, t + 1, every_step=False)[-1]
         bce, reg = rmlc.step_loss(net, t, last, yt, lam)
-        assert abs(float(bce + reg) - loss_ref[t]) < 1e-6
+        assert abs(float((bce + reg).detach()) - loss_ref[t]) < 1e-6
     assert not np.allclose(F_ref[1], F_ref[2])  # the steps differ: the check is not vacuous
 
 
@@ -124,6 +126,9 @@ def literal_parameters(net):
     zero-padded X̂^t (Eq. 1) and on [h^{t-1}, c^{t-1}] / [h^{t-1}] / [h^{t-1}, c^t] (Eq. 2)."""
     p = {k: v.detach().clone() for k, v in net.named_parameters()}
     h, M = net.hidden, net.n_steps
+    if p["w_c"].ndim == 1:  # diagonal peepholes (Gers & Schmidhuber): the literal matrices are diagonal
+        p["w_c"] = torch.cat([torch.diag(p["w_c"][:h]), torch.diag(p["w_c"][h:])])
+        p["w_co"] = torch.diag(p["w_co"])
     w_x = torch.cat([p[f"w_x.{m}"] for m in range(M)], dim=1)
     rows = {g: slice(k * h, (k + 1) * h) for k, g in enumerate("ifco")}
     lit = {"W_i": torch.cat([w_x[rows["i"]], p["w_h"][rows["i"]], p["w_c"][:h]], dim=1),
@@ -194,51 +199,55 @@ def multiview_data(n=240, seed=0, n_views=3):
 
 def test_fit_records_history_and_per_step_predictions(rmlc):
     data = multiview_data()
-    model = rmlc.RMLC(hidden=16, max_epochs=4, patience=2, device="cpu").fit(data.subset(np.arange(200)))
+    model = rmlc.RMLC(hidden=16, epochs=4, patience=2, device="cpu").fit(data.subset(np.arange(200)))
     test = data.subset(np.arange(200, 240))
     steps = model.predict_steps(test)
     assert steps.shape == (3, 40, 4) and ((steps > 0) & (steps < 1)).all()
     np.testing.assert_array_equal(model.predict_scores(test), steps[-1])
     assert [h["epoch"] for h in model.history_] == list(range(1, len(model.history_) + 1))
     first = model.history_[0]
-    assert {"loss", "bce", "reg", "val_bce", "val_micro_f1", "val_ranking_loss"} <= set(first)
+    assert {"loss", "bce", "reg", "val_loss", "val_micro_f1", "val_ranking_loss", "val_mAP"} <= set(first)
     assert first["loss"] == pytest.approx(first["bce"] + first["reg"])
     assert model.history_[-1]["bce"] < first["bce"]  # it learns
-    again = rmlc.RMLC(hidden=16, max_epochs=4, patience=2, device="cpu").fit(data.subset(np.arange(200)))
+    again = rmlc.RMLC(hidden=16, epochs=4, patience=2, device="cpu").fit(data.subset(np.arange(200)))
     np.testing.assert_array_equal(again.predict_scores(test), model.predict_scores(test))  # seeded
+    readouts = model.predict_readouts(test)          # F^1, F^2 as rows of their own; F^3 is the main row
+    assert list(readouts) == ["modalities_1", "modalities_2"]
+    np.testing.assert_array_equal(readouts["modalities_1"], steps[0])
+    np.testing.assert_array_equal(readouts["modalities_2"], steps[1])
 
 
-@pytest.mark.parametrize("monitor, best", [("val_map", max), ("val_bce", min), ("val_ranking_loss", min),
-                                           ("val_micro_f1", max)])
+@pytest.mark.parametrize("monitor, best", [("val_mAP", max), ("val_loss", min), ("val_ranking_loss", min),
+                                           ("val_micro_f1", max), ("val_hamming_loss", min)])
 def test_early_stopping_keeps_the_best_epoch_by_the_monitored_validation_score(rmlc, monitor, best):
     data = multiview_data()
-    model = rmlc.RMLC(hidden=16, max_epochs=12, patience=3, monitor=monitor, device="cpu").fit(data)
+    model = rmlc.RMLC(hidden=16, epochs=12, patience=3, monitor=monitor, device="cpu").fit(data)
     scores = [h[monitor] for h in model.history_]
     assert model.best_epoch_ == 1 + scores.index(best(scores))
-    # It stopped `patience` epochs after that best one, or at max_epochs.
+    # It stopped `patience` epochs after that best one, or at `epochs`.
     assert len(scores) == min(12, model.best_epoch_ + 3)
     # The weights kept are the best epoch's: the validation part scores as recorded then.
     _, val = validation_split(data, 0.1, seed=0)
-    assert model._validate(model._to_device(model._inputs(val)), torch.as_tensor(val.Y, dtype=torch.float32),
-                           val.Y)[monitor] == pytest.approx(scores[model.best_epoch_ - 1], rel=1e-5)
+    assert model.validate(val)[monitor] == pytest.approx(scores[model.best_epoch_ - 1], rel=1e-5)
 
 
 def test_with_one_modality_RMLC_is_exactly_RMLC_NS(rmlc):
     data = multiview_data(n_views=1)
-    kw = dict(hidden=8, max_epochs=3, device="cpu")
+    kw = dict(hidden=8, epochs=3, device="cpu")
     a = rmlc.RMLC(**kw).fit(data)
     b = rmlc.RMLC_NS(**kw).fit(data)
     np.testing.assert_array_equal(a.predict_scores(data), b.predict_scores(data))
-    assert not a.net_.S.abs().sum()  # F^0 = 0: S never receives a gradient
+    assert not a.model_.net.S.abs().sum()  # F^0 = 0: S never receives a gradient
+    assert a.predict_readouts(data) == {}   # one modality: F^M is the only step
     assert rmlc.RMLC_NS().get_params().keys() == rmlc.RMLC().get_params().keys() - {"label_correlation"}
 
 
 # --------------------------------------------------------------------------- (c) through the harness
 def test_rmlc_and_rmlc_ns_train_through_the_cli_and_beat_chance(tmp_path, capsys):
     rc = main(["run", "--method", "rmlc,rmlc_ns", "--dataset", "tiny", "--folds", "3", "--device", "cpu",
-               "--set", "hidden=32", "--set", "max_epochs=40", "--set", "lr=0.01",
+               "--set", "hidden=32", "--set", "epochs=40", "--set", "lr=0.01",
                # 8 validation examples: any ranking criterion is noise there, the BCE is steadier
-               "--set", "monitor=val_bce", "--no-progress"])
+               "--set", "monitor=val_loss", "--no-progress"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "rmlc" in out and "rmlc_ns" in out  # two rows of the printed table
@@ -251,29 +260,89 @@ def test_rmlc_and_rmlc_ns_train_through_the_cli_and_beat_chance(tmp_path, capsys
             all_ones_f1 = 2 * y.mean() / (1 + y.mean())  # micro-F1 of predicting every label
             assert rec["metrics"]["micro_f1"] > all_ones_f1 + 0.1
             assert rec["metrics"]["ranking_loss"] < 0.25  # random scores: 0.5
-            assert rec["history"] and "val_bce" in rec["history"][0]
+            assert rec["history"] and "val_loss" in rec["history"][0]
 
 
 # --------------------------------------------------------------------------- (d) bad input
 def test_bad_input_gives_one_line_errors(rmlc):
     data = multiview_data(n=60)
-    with pytest.raises(BenchError, match="is not fitted"):
+    with pytest.raises(BenchError, match="predict called before fit"):
         rmlc.RMLC().predict_scores(data)
     for bad, match in [(dict(hidden=0), "hidden must be an integer >= 1, got 0"),
-                       (dict(batch_size=6.5), "batch_size must be an integer >= 1"),
+                       (dict(batch_size=6.5), "batch_size must be a positive integer, got 6.5"),
                        (dict(lam=-1), "lam must be a number >= 0"),
                        (dict(val_fraction=1.0), r"validation fraction must be in \(0, 1\)"),
-                       (dict(monitor="val_loss"), "monitor must be one of val_map, val_bce, val_hamming_loss")]:
+                       (dict(patience=0), "patience must be a positive integer or None"),
+                       (dict(peepholes="none"), "peepholes must be one of full, diagonal"),
+                       (dict(monitor="val_bce"), "monitor must be one of val_loss, val_hamming_loss")]:
         with pytest.raises(BenchError, match=match):
-            rmlc.RMLC(max_epochs=1, **bad).fit(data)
+            rmlc.RMLC(epochs=1, **bad).fit(data)
     images = MultiLabelData("pics", {"image": ImageView(array=np.zeros((60, 8, 8), np.uint8))}, data.Y,
                             data.label_names)
-    with pytest.raises(BenchError, match="needs at least one feature view; dataset 'pics' has only image"):
-        rmlc.RMLC(max_epochs=1).fit(images)
-    model = rmlc.RMLC(hidden=4, max_epochs=1, device="cpu").fit(data)
+    with pytest.raises(BenchError, match="dataset 'pics' has no feature view"):
+        rmlc.RMLC(epochs=1).fit(images)
+    model = rmlc.RMLC(hidden=4, epochs=1, device="cpu").fit(data)
     other = MultiLabelData("other", {"v0": data.views["v0"], "v1": data.views["v1"]}, data.Y, data.label_names)
-    with pytest.raises(BenchError, match="was fitted on views .* but got"):
+    with pytest.raises(BenchError, match="was fitted on the feature views .* dataset 'other' has"):
         model.predict_scores(other)
     if not torch.cuda.is_available():
         with pytest.raises(BenchError, match="torch sees no CUDA device"):
             rmlc.RMLC(device="cuda:0").fit(data)
+
+
+# --------------------------------------------------------------------------- the shared training loop
+@pytest.mark.parametrize("label_correlation", [True, False])
+def test_three_batches_on_the_shared_loop_give_the_weights_of_the_replaced_implementation(rmlc, label_correlation):
+    """RMLC.fit (shared loop, Algorithm 1 as its per-batch update, fused Adam) against the code it
+    replaced (tests/reference_rmlc.py), fed the same three batches from the same initial weights."""
+    data = multiview_data(n=48)  # one epoch of 16-example batches: three batches
+    seen = []
+
+    class Recording(rmlc.RMLC):
+        def step_callbacks(self):
+            return [lambda model, batch: seen.append(batch.index.cpu().numpy().copy())]
+
+    method = Recording(hidden=8, batch_size=16, epochs=1, val_fraction=0.0, patience=None,
+                       label_correlation=label_correlation, device="cpu").fit(data)
+    assert [len(b) for b in seen] == [16, 16, 16] and len(np.unique(np.concatenate(seen))) == 48
+    assert method.make_optimizer(method.model_).defaults["fused"] is True   # fused Adam on the CPU too
+
+    old = OldRMLCNet([4, 5, 6], 8, data.n_labels, label_correlation, torch.Generator().manual_seed(0))
+    start = {name: p.detach().clone() for name, p in old.named_parameters()}
+    xs = old_standardised_views(list(data.feature_views.values()))
+    y = torch.as_tensor(data.Y, dtype=torch.float32)
+    optimizer = old_make_optimizer(old, method.lr)
+    for idx in seen:
+        old_train_batch(old, optimizer, [x[idx] for x in xs], y[idx], method.lam)
+    new = dict(method.model_.net.named_parameters())
+    assert set(new) == set(start)
+    for name, p in old.named_parameters():
+        torch.testing.assert_close(new[name].detach(), p.detach(), rtol=1e-5, atol=1e-6, msg=name)
+        if name != "S" or label_correlation:  # RMLC_NS never updates S
+            assert (p.detach() - start[name]).abs().max() > 1e-4, f"{name} did not move: the check is vacuous"
+
+
+def test_views_are_taken_by_name_whatever_their_order_in_the_dataset(rmlc):
+    """Equal-sized views (FCVID's five 400-d views) listed in another order must not be scrambled."""
+    rng = np.random.default_rng(3)
+    views = {name: rng.normal(size=(120, 5)).astype(np.float32) for name in ("a", "b", "c")}
+    Y = (np.c_[views["a"][:, :2], views["c"][:, :1]] > 0).astype(np.uint8)
+    data = MultiLabelData("ordered", views, Y, ("l0", "l1", "l2"))
+    model = rmlc.RMLC(hidden=8, epochs=3, patience=None, val_fraction=0.0, device="cpu").fit(data)
+    reordered = MultiLabelData("reordered", {k: views[k] for k in ("c", "a", "b")}, Y, data.label_names)
+    scores = model.predict_scores(data)
+    np.testing.assert_array_equal(model.predict_scores(reordered), scores)
+    np.testing.assert_array_equal(model.predict_steps(reordered), model.predict_steps(data))
+    renamed = MultiLabelData("renamed", {"a": views["a"], "b": views["b"], "d": views["c"]}, Y, data.label_names)
+    with pytest.raises(BenchError, match=r"fitted on the feature views \{'a': 5, 'b': 5, 'c': 5\}"):
+        model.predict_scores(renamed)
+
+
+def test_S_initialisation_is_a_reading_of_its_own(rmlc):
+    zeros = rmlc.RMLCNet([3, 4], 6, 5, generator=torch.Generator().manual_seed(0))
+    uniform = rmlc.RMLCNet([3, 4], 6, 5, generator=torch.Generator().manual_seed(0), s_init="uniform")
+    assert not zeros.S.abs().sum()
+    assert uniform.S.abs().min() > 0 and uniform.S.abs().max() <= 1 / np.sqrt(5)
+    torch.testing.assert_close(uniform.w_h, zeros.w_h)  # the other weights are drawn as before
+    with pytest.raises(BenchError, match="s_init must be one of zeros, uniform"):
+        rmlc.RMLC(s_init="ones", epochs=1).fit(multiview_data(n=60))
