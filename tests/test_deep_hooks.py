@@ -433,12 +433,13 @@ def test_10_predict_decodes_with_the_model_on_the_device():
 
 # ----------------------------------------------------------------------------- 11. amp in the identity
 def test_11_amp_is_a_hyper_parameter_and_part_of_the_job_identity():
+    from bench import params as bench_params
     from bench import plugins
     from bench.protocols import make_splits
 
     der = plugins.get("methods", "der")
-    runner.check_overrides({"amp": False}, [der])                 # `--set amp=false` is accepted
-    params, applied = runner.resolve_params(der, {"amp": False})
+    bench_params.check_override_keys({"amp": False}, [der])       # `--set amp=false` is accepted
+    params, applied = bench_params.resolve_params(der, {"amp": False})
     assert params["amp"] is False and applied == {"amp": False}
     data = features()
     split = make_splits(data, "kfold", 2, (0,))[0]
