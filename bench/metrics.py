@@ -97,53 +97,52 @@ class Metric:
     description: str
 
 
-def _metrics_registry() -> dict[str, Metric]:
-    lower, higher = False, True
-    rows = [
-        ("hamming_loss", lower, "Hamming loss", "Fraction of wrong (example, label) entries."),
-        (
-            "ranking_loss",
-            lower,
-            "Ranking loss",
-            "Fraction of (relevant, irrelevant) label pairs mis-ordered; ties count as mis-ordered.",
-        ),
-        ("one_error", lower, "One-error", "Fraction of examples whose top-ranked label is irrelevant."),
-        (
-            "coverage",
-            lower,
-            "Coverage",
-            "How far down the ranking one must go to cover all relevant labels (0-based, MULAN).",
-        ),
-        (
-            "average_precision",
-            higher,
-            "Average precision",
-            "Label-ranking average precision (Zhang & Zhou 2014).",
-        ),
-        ("subset_accuracy", higher, "Subset accuracy", "Fraction of examples predicted exactly."),
-        ("example_f1", higher, "Example-F1", "Mean over examples of the F1 of the predicted label set."),
-        ("macro_f1", higher, "Macro-F1", "Mean over labels of the per-label F1."),
-        ("micro_f1", higher, "Micro-F1", "F1 of all (example, label) entries pooled."),
-    ]
-    family = [
-        ("CP", "Per-class precision, averaged over classes (ML-GCN)."),
-        ("CR", "Per-class recall, averaged over classes with a positive (ML-GCN)."),
-        ("CF1", "Harmonic mean of CP and CR (ML-GCN)."),
-        ("OP", "Overall precision, pooled over classes (ML-GCN)."),
-        ("OR", "Overall recall, pooled over classes (ML-GCN)."),
-        ("OF1", "Harmonic mean of OP and OR (ML-GCN)."),
-    ]
-    rows += [(name, higher, name, text) for name, text in family]
-    rows += [
-        (f"{name}_top3", higher, f"{name} (top-3)", f"{text[:-1]}, top-3 predictions only.")
-        for name, text in family
-    ]
-    rows.append(("mAP", higher, "mAP", "Mean over labels of the per-label average precision."))
-    return {name: Metric(name, better, label, text) for name, better, label, text in rows}
+# Module-level data, not a function run at import: every entry is a literal a test pins.
+_lower, _higher = False, True
+_ROWS = [
+    ("hamming_loss", _lower, "Hamming loss", "Fraction of wrong (example, label) entries."),
+    (
+        "ranking_loss",
+        _lower,
+        "Ranking loss",
+        "Fraction of (relevant, irrelevant) label pairs mis-ordered; ties count as mis-ordered.",
+    ),
+    ("one_error", _lower, "One-error", "Fraction of examples whose top-ranked label is irrelevant."),
+    (
+        "coverage",
+        _lower,
+        "Coverage",
+        "How far down the ranking one must go to cover all relevant labels (0-based, MULAN).",
+    ),
+    (
+        "average_precision",
+        _higher,
+        "Average precision",
+        "Label-ranking average precision (Zhang & Zhou 2014).",
+    ),
+    ("subset_accuracy", _higher, "Subset accuracy", "Fraction of examples predicted exactly."),
+    ("example_f1", _higher, "Example-F1", "Mean over examples of the F1 of the predicted label set."),
+    ("macro_f1", _higher, "Macro-F1", "Mean over labels of the per-label F1."),
+    ("micro_f1", _higher, "Micro-F1", "F1 of all (example, label) entries pooled."),
+]
+_FAMILY = [
+    ("CP", "Per-class precision, averaged over classes (ML-GCN)."),
+    ("CR", "Per-class recall, averaged over classes with a positive (ML-GCN)."),
+    ("CF1", "Harmonic mean of CP and CR (ML-GCN)."),
+    ("OP", "Overall precision, pooled over classes (ML-GCN)."),
+    ("OR", "Overall recall, pooled over classes (ML-GCN)."),
+    ("OF1", "Harmonic mean of OP and OR (ML-GCN)."),
+]
+_ROWS += [(name, _higher, name, text) for name, text in _FAMILY]
+_ROWS += [
+    (f"{name}_top3", _higher, f"{name} (top-3)", f"{text[:-1]}, top-3 predictions only.")
+    for name, text in _FAMILY
+]
+_ROWS.append(("mAP", _higher, "mAP", "Mean over labels of the per-label average precision."))
 
 
 #: Every metric :func:`evaluate` reports, in the order of the result's keys.
-METRICS: dict[str, Metric] = _metrics_registry()
+METRICS: dict[str, Metric] = {name: Metric(name, better, label, text) for name, better, label, text in _ROWS}
 
 #: The metrics where a smaller value is better.
 LOWER_IS_BETTER: frozenset[str] = frozenset(name for name, m in METRICS.items() if not m.higher_is_better)

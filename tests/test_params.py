@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import typing
 
 import pytest
 
@@ -185,3 +186,55 @@ def test_job_ids_of_runs_without_scale_defaults_are_unchanged(tmp_path):
     assert ids({}) == ["bb2bcb4a4717b04d", "cda68395678f38e2"]
     assert ids({"C": 0.5}) == ["549144b02b8264e6", "315468f9d6a0ce05"]
     assert ids({"C": 1}) == ids({})  # an int for the float default 1.0: the same job
+
+
+# ----------------------------------------------------------------------------- exact messages
+class Checked(Method):
+    """Annotations the first tests leave out (Any, object, Literal, an optional float)."""
+
+    name = "checked"
+
+    def __init__(self, rate: float | None = None, mode: typing.Literal["sum", "mean"] = "sum",
+                 anything: typing.Any = 0, obj: object = 0):
+        self.rate, self.mode, self.anything, self.obj = rate, mode, anything, obj
+
+    def _check_params(self):
+        if self.rate is not None and self.rate < 0:
+            raise ValueError("rate must be >= 0")
+
+
+def test_a_failed_check_names_every_value_it_was_given_and_where_each_came_from():
+    resolved = params.resolve(Checked, {"rate": -1, "mode": "mean"}, {"anything": 5, "obj": 7})
+    assert resolved.params["rate"] == -1.0 and type(resolved.params["rate"]) is float  # an int for float | None
+    with pytest.raises(BenchError) as err:
+        params.validate(Checked, resolved, "toy")
+    assert str(err.value) == ("--set rate=-1.0 mode='mean'; dataset 'toy' scale defaults anything=5 obj=7: "
+                              "method 'checked': rate must be >= 0")
+
+
+def test_a_failed_check_of_values_nobody_set_is_the_methods_message_alone():
+    resolved = params.Resolved({**params.defaults(Checked), "rate": -2.0}, {}, {})
+    with pytest.raises(BenchError) as err:
+        params.validate(Checked, resolved)
+    assert str(err.value) == "method 'checked': rate must be >= 0"
+
+
+def test_any_and_object_take_every_value():
+    kept = params.resolve(Checked, {"anything": "text", "obj": [1, 2]}).params
+    assert kept["anything"] == "text" and kept["obj"] == [1, 2]
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("mode", "max", "--set mode='max': method 'checked' expects mode: Literal['sum', 'mean'], got the string 'max'"),
+    ("rate", "fast", "--set rate='fast': method 'checked' expects rate: float | None, got the string 'fast'"),
+])
+def test_refusals_are_exactly_one_line(key, value, message):
+    with pytest.raises(BenchError) as err:
+        params.resolve(Checked, {key: value})
+    assert str(err.value) == message
+
+
+def test_a_none_for_a_float_is_named_as_none():
+    with pytest.raises(BenchError) as err:
+        params.resolve(Typed, {"rate": None})
+    assert str(err.value) == "--set rate=None: method 'typed' expects rate: float, got None"

@@ -144,3 +144,21 @@ def test_holdout_is_reproducible_for_a_seed():
 def test_an_unknown_protocol_names_the_known_ones():
     with pytest.raises(BenchError, match=r"^unknown protocol 'loo'; choose one of kfold, official, holdout$"):
         make_splits(dataset(), "loo")
+
+
+@pytest.mark.parametrize("empty", ["train", "test"])
+def test_an_empty_official_part_is_refused_by_name(empty):
+    parts = {"train": np.arange(150), "test": np.arange(150, 200)}
+    parts[empty] = np.array([], dtype=int)
+    with pytest.raises(BenchError) as err:
+        make_splits(dataset(splits=parts), "official", seeds=(0,))
+    assert str(err.value) == f"dataset 'd': its official {empty} split is empty; use --protocol kfold or holdout"
+
+
+def test_holdout_needs_two_examples_and_two_suffice():
+    (split,) = make_splits(dataset(n=2), "holdout", seeds=(0,))
+    assert sorted([*split.train, *split.test]) == [0, 1] and len(split.test) == 1
+    with pytest.raises(BenchError) as err:
+        make_splits(dataset(n=1), "holdout", seeds=(0,))
+    assert str(err.value) == ("dataset 'd' has 1 example(s); a hold-out split needs at least 2 "
+                              "(one to train on, one to test)")
