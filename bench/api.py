@@ -27,6 +27,10 @@ EXECUTION_PARAMS = frozenset({"device", "num_workers", "verbose"})
 PER_RUN_PARAMS = frozenset({"random_state"})
 
 
+class NoClassMaps(BenchError):
+    """Raised by ``class_maps`` when the fitted model gives no class maps (see :class:`Method`)."""
+
+
 def ablation_init(full: type, fixed: dict[str, object]):
     """An ``__init__`` for an ablation of the method class ``full`` with the ``fixed`` switches set
     and removed from its hyper-parameters.
@@ -76,7 +80,10 @@ class Method(BaseEstimator):
       the method's ablation table, ``<row>:<name>``. Names are short lowercase identifiers; an
       empty dict means none. The main scores stay the method's own row;
     * ``class_maps(data)`` -> float array [n, L, h, w] >= 0: per-label maps on the backbone's grid
-      (DER's class-aware maps, attention maps) for the report's map figures.
+      (DER's class-aware maps, attention maps) for the report's map figures; each job stores them
+      for its first few test images (``bench.runner.CLASS_MAP_IMAGES``). A fitted model that has
+      none after all (a :class:`~bench.deep.DeepMethod` whose head gives no maps) raises
+      :class:`NoClassMaps`, and nothing is stored.
 
     A registered ablation of another method (e.g. ``rmlc_ns`` of ``rmlc``) sets ``ablation_of`` to
     that method's name, so the report can put the paper's ablations side by side; its constructor

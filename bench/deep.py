@@ -118,7 +118,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.api import Method
+from bench.api import Method, NoClassMaps
 from bench.data import FEATURES, IMAGE, MultiLabelData
 from bench.errors import BenchError
 from bench.image import (
@@ -444,12 +444,12 @@ class DeepMethod(Method):
         """The head's ``"class_maps"`` output (non-negative, [B, L, N]) as maps [n, L, h, w] on the
         backbone grid: DER's class-aware maps, attention maps."""
         if not isinstance(getattr(self, "model_", None), TokenNetwork):
-            raise BenchError(f"method {self.name!r}: class maps need a fitted token network")
+            raise NoClassMaps(f"method {self.name!r}: class maps need a fitted token network")
 
         def fn(model, batch):
             outputs = self.forward_eval(model, batch)
             if "class_maps" not in outputs:
-                raise BenchError(f"method {self.name!r}: its network gives no 'class_maps' output")
+                raise NoClassMaps(f"method {self.name!r}: its network gives no 'class_maps' output")
             return outputs["class_maps"]
 
         maps = self.map_batches(data, fn)

@@ -13,6 +13,13 @@
 * **Hyper-parameter sensitivity** (DER Figs. 6-7, CMSG's heads/layers study): when the rows of one
   method differ in exactly one numeric hyper-parameter (``--set alpha=...``), the metric against
   that hyper-parameter, mean ± std over runs.
+* **Class maps** (DER Figs. 2 and 8; Order-Free RNN's and CMSG's attention maps): for each row of
+  a method with ``class_maps``, its first run's (by fold, seed) stored test images
+  (:data:`bench.runner.CLASS_MAP_IMAGES`), one line each: the image, then one overlay per predicted
+  label (by score, at most :data:`MAX_OVERLAYS`; none predicted: the top-scored one, titled "not
+  predicted"): the label's map upsampled bilinearly to the image (the model saw the whole image
+  resized to a square, so the map covers the whole image), scaled to [0, 1] per map and drawn in
+  a colormap over it, titled with the label, its score and ✓/✗ for a true or a false label.
 
 What a reader can rely on: each row has one colour in every panel and figure of a report
 (:attr:`bench.results.Results.colours`); each figure has a legend naming its rows, and a panel
@@ -27,12 +34,14 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import textwrap
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bench.api import PER_RUN_PARAMS
@@ -46,6 +55,13 @@ MAX_METRIC_PANELS = 6
 DEFAULT_PANELS = ("hamming_loss", "ranking_loss", "average_precision", "example_f1", "micro_f1", "mAP")
 #: A panel whose positive curves span more than this factor gets a log y axis.
 LOG_RATIO = 10.0
+#: Class maps: the overlays per image (predicted labels, by score), colormap and opacity.
+MAX_OVERLAYS = 4
+MAP_COLORMAP = "jet"
+MAP_ALPHA = 0.5
+#: The stored arrays a class-map figure reads (bench.runner stores them).
+MAP_ARRAYS = ("class_maps", "class_map_images", "class_map_image_sizes", "class_map_labels", "scores",
+              "y_pred", "test_index")
 
 
 @dataclass
@@ -255,12 +271,99 @@ def sensitivity_plots(results: Results) -> list[Plot]:
     return plots
 
 
+# --------------------------------------------------------------------------- class maps
+def shown_labels(scores, y_pred) -> list[tuple[int, bool]]:
+    """(label, predicted) of the overlays of one image: the predicted labels by score (at most
+    :data:`MAX_OVERLAYS`), or, when none is predicted, the top-scored label."""
+    predicted = np.flatnonzero(y_pred)
+    if not predicted.size:
+        return [(int(np.argmax(scores)), False)]
+    order = predicted[np.argsort(-scores[predicted], kind="stable")]
+    return [(int(label), True) for label in order[:MAX_OVERLAYS]]
+
+
+def upsampled_map(grid_map, height: int, width: int):
+    """A map on the backbone grid, upsampled bilinearly (pixel centres aligned, as torch's
+    ``align_corners=False``) to ``height x width`` and scaled to [0, 1] (a flat map: all 0)."""
+    from scipy import ndimage
+
+    grid_map = np.asarray(grid_map, dtype=np.float64)
+    zoom = (height / grid_map.shape[0], width / grid_map.shape[1])
+    up = ndimage.zoom(grid_map, zoom, order=1, grid_mode=True, mode="nearest")
+    low, high = up.min(), up.max()
+    return (up - low) / (high - low) if high > low else np.zeros_like(up)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _overlay_title(name: str, score: float, true: bool, predicted: bool) -> str:
+    title = f"{_short(name, 24)} {score:.2f} {'✓' if true else '✗'}"
+    return title if predicted else f"{title}\n(not predicted)"
+
+
+def _class_map_figure(row: Row, record, arrays: dict, table: tuple[str, str, int]) -> Plot:
+    from matplotlib.figure import Figure
+
+    maps, images, sizes = arrays["class_maps"], arrays["class_map_images"], arrays["class_map_image_sizes"]
+    k = len(maps)
+    truth, scores, y_pred = arrays["class_map_labels"], arrays["scores"][:k], arrays["y_pred"][:k]
+    names = record.label_names or [str(j) for j in range(maps.shape[1])]
+    shown = [shown_labels(scores[i], y_pred[i]) for i in range(k)]
+    cols = 1 + max(len(s) for s in shown)
+    cfg = record.config
+    title = textwrap.fill(f"Class maps of {row.label} — {cfg.dataset}, {protocol_text(*table[1:])}, fold "
+                          f"{cfg.fold}, seed {cfg.seed}: each test image, then its predicted labels' maps "
+                          f"(✓ a true label, ✗ not)", width=int(2.6 * cols * 11))
+    title_h = 0.25 * (title.count("\n") + 1) + 0.2
+    height = 2.6 * k + title_h
+    fig = Figure(figsize=(2.6 * cols, height))
+    fig.suptitle(title, y=1 - 0.08 / height, va="top")
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - title_h / height, wspace=0.08, hspace=0.45)
+    axes = fig.subplots(k, cols, squeeze=False)
+    for i in range(k):
+        h, w = sizes[i]
+        image = images[i, :h, :w]
+        true = [names[j] for j in np.flatnonzero(truth[i])]
+        axes[i, 0].imshow(image)
+        axes[i, 0].set_title(_short(f"test #{arrays['test_index'][i]}: {', '.join(true) or 'no label'}", 32), fontsize="small")
+        for ax, (label, predicted) in zip(axes[i, 1:], shown[i], strict=False):
+            ax.imshow(image)
+            ax.imshow(upsampled_map(maps[i, label], h, w), cmap=MAP_COLORMAP, alpha=MAP_ALPHA, vmin=0, vmax=1)
+            ax.set_title(_overlay_title(names[label], float(scores[i, label]), bool(truth[i, label]), predicted),
+                         fontsize="small")
+        for ax in axes[i, 1 + len(shown[i]):]:
+            fig.delaxes(ax)
+        for ax in axes[i, :1 + len(shown[i])]:
+            ax.set_axis_off()
+    return Plot(f"{table_slug(*table)}__class_maps_{_slug(row.label)}", table[0], {row.label}, fig)
+
+
+def class_map_plots(results: Results) -> list[Plot]:
+    """Per table and row of a method's own output whose runs stored class maps: one figure."""
+    plots = []
+    for table, rows in results.by_table().items():
+        for row in rows:
+            record = min(row.records, key=lambda r: (r.config.fold, r.config.seed))
+            maps = results.arrays(record, MAP_ARRAYS[:1])
+            if maps:
+                arrays = {**maps, **results.arrays(record, MAP_ARRAYS[1:])}
+                plots.append(_class_map_figure(row, record, arrays, table))
+    return plots
+
+
 # --------------------------------------------------------------------------- all figures
 def make_plots(results: Results) -> list[Plot]:
     """Every figure the rows support (figures stay open until :func:`close`)."""
     if not results:
         return []
-    return convergence_plots(results) + modality_plots(results) + sensitivity_plots(results)
+    return (convergence_plots(results) + modality_plots(results) + sensitivity_plots(results)
+            + class_map_plots(results))
 
 
 def save(plots: list[Plot], folder: Path, formats=("png", "pdf")) -> list[Path]:

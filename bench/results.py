@@ -24,6 +24,9 @@ Everything the read side shows (tables, statistics, figures, MLflow) comes from 
    :attr:`runs` its aggregates per row: mean and sample standard deviation (``ddof`` =
    :data:`DDOF`; NaN entries left out), the only aggregate tables, figures and MLflow show.
 
+A job's stored arrays (scores, class maps) are read through :meth:`Results.arrays`, from the store
+the results were loaded from.
+
 Plug-in knowledge is read here once too: each dataset's metric set (``Dataset.metric_set``) and
 whether its papers print a per-class table (``Dataset.per_class_table``), each method's family
 (``Method.ablation_of``).
@@ -348,7 +351,8 @@ def load(store: ResultStore, datasets=None, methods=None, *, data_root: Path | s
     otherwise, for a dataset stored under several fingerprints, the data under ``data_root`` is
     read to tell which one is current.
     """
-    return from_records(read_records(store, datasets, methods), data_root=data_root, current=current, warn=warn)
+    results = from_records(read_records(store, datasets, methods), data_root=data_root, current=current, warn=warn)
+    return replace(results, store=store)
 
 
 def from_records(records: Iterable[Record | dict], *, knowledge: Knowledge | None = None,
@@ -373,9 +377,15 @@ class Results:
     rows: list[Row]
     knowledge: Knowledge = field(default_factory=Knowledge)
     left_out: str = ""  # the warning about the records left out ("" when none)
+    store: ResultStore | None = field(default=None, repr=False)  # where :func:`load` read them
 
     def __bool__(self) -> bool:
         return bool(self.rows)
+
+    def arrays(self, record: Record, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """The stored arrays of one of the records (all, or those of ``names`` it holds); empty
+        for results made from records alone (:func:`from_records`), which have no store."""
+        return {} if self.store is None else self.store.arrays(record, names)
 
     @property
     def records(self) -> list[Record]:
@@ -390,13 +400,12 @@ class Results:
         """The rows restricted to the records of ``job_ids`` (labels kept), rows without any dropped."""
         job_ids = set(job_ids)
         rows = [replace(r, records=tuple(x for x in r.records if x.job_id in job_ids)) for r in self.rows]
-        return Results([r for r in rows if r.records], self.knowledge, self.left_out)
+        return replace(self, rows=[r for r in rows if r.records])
 
     def touching(self, job_ids: Iterable[str]) -> Results:
         """The rows that hold one of ``job_ids``, with all their records."""
         job_ids = set(job_ids)
-        return Results([r for r in self.rows if any(x.job_id in job_ids for x in r.records)],
-                       self.knowledge, self.left_out)
+        return replace(self, rows=[r for r in self.rows if any(x.job_id in job_ids for x in r.records)])
 
     # ------------------------------------------------------------------ tidy frame and aggregates
     @functools.cached_property

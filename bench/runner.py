@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from bench import backends, image_features, params, plugins
-from bench.api import EXECUTION_PARAMS, Method
+from bench.api import EXECUTION_PARAMS, Method, NoClassMaps
 from bench.backends import resolve_device  # noqa: F401  (part of the runner's interface)
-from bench.data import MultiLabelData
+from bench.data import ImageView, MultiLabelData
 from bench.errors import BenchError, one_line
 from bench.metrics import evaluate
 from bench.params import parse_overrides, resolve_params  # noqa: F401  (used through the runner)
@@ -52,6 +52,11 @@ LIBRARIES = {"numpy": "numpy", "scipy": "scipy", "scikit-learn": "sklearn", "ite
              "torch": "torch", "torchvision": "torchvision", "mlflow": "mlflow", "pandas": "pandas",
              "threadpoolctl": "threadpoolctl"}
 READOUT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+#: The first test images of a job whose class maps (``Method.class_maps``) it stores, for the
+#: report's map figures (DER Figs. 2 and 8); only these are computed, so storing them costs little.
+CLASS_MAP_IMAGES = 4
+#: The longest side, in pixels, of the image thumbnails stored with the class maps.
+THUMBNAIL_SIDE = 224
 
 
 # --------------------------------------------------------------------------- jobs
@@ -201,6 +206,8 @@ def execute(job: Job, device: str) -> dict:
         readouts = _readouts(job.method, method, test)
         steps = _step_scores(job.method, method, test)
         t3 = time.perf_counter()
+        maps = _class_maps(job.method, method, test)
+        t4 = time.perf_counter()
         environment = _environment(device, threads)
     result = evaluate(test.Y, scores, y_pred, ignore=test.ignore)
 
@@ -213,7 +220,8 @@ def execute(job: Job, device: str) -> dict:
         "label_names": list(data.label_names),
         "n_train": int(train.n_samples),
         "n_test": int(test.n_samples),
-        "timings": {"fit_s": t1 - t0, "predict_s": t2 - t1, **({"readouts_s": t3 - t2} if readouts or steps is not None else {})},
+        "timings": {"fit_s": t1 - t0, "predict_s": t2 - t1, **({"readouts_s": t3 - t2} if readouts or steps is not None else {}),
+                   **({"class_maps_s": t4 - t3} if maps else {})},
         "history": list(getattr(method, "history_", []) or []),
         "notes": notes,
         "environment": environment,
@@ -229,6 +237,7 @@ def execute(job: Job, device: str) -> dict:
         record["step_metrics"] = [dict(evaluate(test.Y, s, (s >= method.threshold).astype(np.uint8),
                                                 ignore=test.ignore)) for s in steps]
         arrays["step_scores"] = steps.astype(np.float32)
+    arrays.update(maps)
     ResultStore(job.store_root).write(record, arrays)
     return record
 
@@ -272,6 +281,55 @@ def _step_scores(name: str, method: Method, test: MultiLabelData) -> np.ndarray 
     if not np.isfinite(steps).all():
         raise BenchError(f"method {name!r}: predict_steps returned NaN/inf")
     return steps
+
+
+def _class_maps(name: str, method: Method, test: MultiLabelData) -> dict[str, np.ndarray]:
+    """The arrays a job stores for the class-map figures: the optional ``class_maps`` of the first
+    :data:`CLASS_MAP_IMAGES` test images (checked: [k, L, h, w], finite, >= 0; float16), their RGB
+    thumbnails and their true labels. Empty when the method has no class maps or the test part no
+    image view."""
+    class_maps = getattr(method, "class_maps", None)
+    if not callable(class_maps) or test.image_view is None:
+        return {}
+    first = test.subset(np.arange(min(CLASS_MAP_IMAGES, test.n_samples)))
+    try:
+        maps = np.asarray(class_maps(first), dtype=np.float64)
+    except NoClassMaps:  # a network without maps (a DeepMethod whose head gives none)
+        return {}
+    if maps.ndim != 4 or maps.shape[:2] != first.Y.shape:
+        raise BenchError(f"method {name!r}: class_maps returned shape {maps.shape}, expected "
+                         f"[{first.n_samples}, {first.n_labels}, h, w]")
+    if not np.isfinite(maps).all():
+        raise BenchError(f"method {name!r}: class_maps returned NaN/inf")
+    if maps.size and maps.min() < 0:
+        raise BenchError(f"method {name!r}: class_maps returned negative values (min {maps.min():g}); "
+                         "maps must be >= 0")
+    images, sizes = thumbnails(first.image_view)
+    return {"class_maps": maps.astype(np.float16), "class_map_images": images, "class_map_image_sizes": sizes,
+            "class_map_labels": first.Y.astype(np.uint8)}
+
+
+def thumbnails(view: ImageView, side: int = THUMBNAIL_SIDE) -> tuple[np.ndarray, np.ndarray]:
+    """The images of ``view`` as RGB uint8 [k, H, W, 3], each scaled down (antialiased) so that its
+    longest side is at most ``side``, and their sizes int32 [k, 2] (H, W): images of different
+    sizes are padded with black at the bottom and right to the largest."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from bench.image import decode_file, to_chw_rgb
+
+    images = []
+    for i in range(len(view)):
+        image = to_chw_rgb(view.array[i]) if view.array is not None else decode_file(view.paths[i])
+        h, w = image.shape[-2:]
+        if max(h, w) > side:
+            scale = side / max(h, w)
+            image = TF.resize(image, [max(1, round(h * scale)), max(1, round(w * scale))], antialias=True)
+        images.append(image.permute(1, 2, 0).numpy())
+    sizes = np.array([image.shape[:2] for image in images], dtype=np.int32).reshape(-1, 2)
+    out = np.zeros((len(images), *sizes.max(axis=0, initial=1), 3), dtype=np.uint8)
+    for n, (image, (h, w)) in enumerate(zip(images, sizes, strict=True)):
+        out[n, :h, :w] = image
+    return out, sizes
 
 
 def _execute_safely(job: Job, device) -> dict:

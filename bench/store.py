@@ -1,6 +1,7 @@
 """The results store: one finished job = two files, written atomically.
 
-Layout: ``results/<dataset>/<method>/<job_id>.npz`` (test indices, scores, predictions) and
+Layout: ``results/<dataset>/<method>/<job_id>.npz`` (test indices, scores, predictions, readouts'
+scores, and for methods with class maps those of the first test images with their thumbnails) and
 ``<job_id>.json`` (configuration, metrics, per-label AP, timings, training history, environment).
 The ``.npz`` is written first and the ``.json`` last, and the JSON records the SHA-256 of the
 ``.npz``; both go through a temporary file in the same folder, ``fsync`` and ``os.replace``, so a
@@ -21,7 +22,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -97,11 +98,17 @@ class ResultStore:
         json_path, _ = self._paths(dataset, method, job_id)
         return self._read(json_path) if json_path.exists() else None
 
-    def arrays(self, record: dict) -> dict[str, np.ndarray]:
-        cfg = record["config"]
-        _, npz_path = self._paths(cfg["dataset"], cfg["method"], record["job_id"])
+    def arrays(self, record: dict | Record, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """The arrays of a stored job: all of them, or those of ``names`` it holds (only these are
+        decompressed)."""
+        if isinstance(record, Record):
+            dataset, method, job_id = record.config.dataset, record.config.method, record.job_id
+        else:
+            dataset, method, job_id = record["config"]["dataset"], record["config"]["method"], record["job_id"]
+        _, npz_path = self._paths(dataset, method, job_id)
         with np.load(npz_path) as npz:
-            return {k: npz[k] for k in npz.files}
+            wanted = npz.files if names is None else [k for k in names if k in npz.files]
+            return {k: npz[k] for k in wanted}
 
     def records(self, dataset: str | None = None, method: str | None = None) -> Iterator[dict]:
         """Every valid record (as a dict in the current schema), optionally for one dataset and/or
