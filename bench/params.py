@@ -198,6 +198,8 @@ def _matches(value, annotation, int_for_float: bool = True) -> bool:
     if annotation is None or annotation is type(None):
         return value is None
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:  # Annotated[int, ...] is an int with notes
+        return _matches(value, typing.get_args(annotation)[0], int_for_float)
     if origin in (typing.Union, types.UnionType):
         return any(_matches(value, arg, int_for_float) for arg in typing.get_args(annotation))
     if origin is typing.Literal:

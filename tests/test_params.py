@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
+import types
 import typing
 
 import pytest
@@ -238,3 +240,51 @@ def test_a_none_for_a_float_is_named_as_none():
     with pytest.raises(BenchError) as err:
         params.resolve(Typed, {"rate": None})
     assert str(err.value) == "--set rate=None: method 'typed' expects rate: float, got None"
+
+
+def test_a_value_may_hold_equals_signs_and_bad_pairs_are_named():
+    assert params.parse_overrides(["name=a=b"]) == {"name": "a=b"}
+    for pair in ("lr", "=3"):
+        with pytest.raises(BenchError) as err:
+            params.parse_overrides([pair])
+        assert str(err.value) == f"--set expects key=value, got {pair!r}"
+    with pytest.raises(BenchError) as err:
+        params.parse_overrides(["lr=1", "lr=2"])
+    assert str(err.value) == "--set lr is given twice"
+
+
+Choice = typing.Literal["a", "b"]     # a name only this module defines
+Seed = typing.NewType("Seed", int)    # neither a class nor a generic
+
+
+class Shapes(Method):
+    """Annotations naming this module's own types, generics and special forms."""
+
+    name = "shapes"
+
+    def __init__(self, pick: Choice = "a", opts: dict[str, int] | None = None, seed: Seed = Seed(0),
+                 depth: typing.Annotated[int, "layers"] = 1):
+        self.pick, self.opts, self.seed, self.depth = pick, opts, seed, depth
+
+
+# A plug-in whose class inherits its signature from a class of another module: the annotation
+# must be read in the namespace of the module that wrote it.
+_other = types.ModuleType("other_plugin_module")
+sys.modules[_other.__name__] = _other
+Inherited = type("Inherited", (Shapes,), {"__module__": _other.__name__, "name": "inherited"})
+
+
+@pytest.mark.parametrize("cls", [Shapes, Inherited])
+def test_annotations_are_read_in_the_module_that_wrote_them(cls):
+    with pytest.raises(BenchError) as err:
+        params.resolve(cls, {"pick": "c"})
+    assert str(err.value) == f"--set pick='c': method {cls.name!r} expects pick: Literal['a', 'b'], got the string 'c'"
+    assert params.resolve(cls, {"pick": "b"}).params["pick"] == "b"
+
+
+def test_generic_and_special_annotations():
+    kept = params.resolve(Shapes, {"opts": {"x": 1}, "seed": 5, "depth": 3}).params
+    assert (kept["opts"], kept["seed"], kept["depth"]) == ({"x": 1}, 5, 3)
+    with pytest.raises(BenchError) as err:
+        params.resolve(Shapes, {"opts": 3})
+    assert str(err.value) == "--set opts=3: method 'shapes' expects opts: dict[str, int] | None, got int 3"

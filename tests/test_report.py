@@ -206,3 +206,27 @@ def test_footnote_counts_only_the_undefined_entries_of_metrics_the_table_shows()
     assert without_map.undefined == {}
     for text in (to_markdown(without_map), to_latex(without_map)):
         assert "ndefined" not in text and "mAP" not in text
+
+
+def test_reports_of_several_datasets_add_the_leaderboard_in_the_formats_asked(tmp_path):
+    # br beats rmlc on toy and toy2 (hamming 0.1 vs 0.3): a ranking of two rows on two datasets.
+    records = [record(m, f, h, 0.5, dataset=d) for d in ("toy", "toy2") for f in range(3)
+               for m, h in (("br", 0.1 + f / 100), ("rmlc", 0.3 + f / 100))]
+    tables, written = write_reports(results_of(records), tmp_path, formats=("md",))
+    assert [p.name for p in written] == ["toy__kfold3.md", "toy2__kfold3.md", "leaderboard.md",
+                                         "leaderboard__wilcoxon.md"]
+    assert all(p.parent == tmp_path and p.is_file() for p in written)
+    assert [t.kind for t in tables][-1] != "main"  # the leaderboard's table comes after the datasets'
+    one_dataset = [r for r in records if r["config"]["dataset"] == "toy"]
+    assert [p.name for p in write_reports(results_of(one_dataset), tmp_path / "one", formats=("md",))[1]] == [
+        "toy__kfold3.md"]
+
+
+def test_ablation_rows_list_variants_before_readouts():
+    main = [record("rmlc", f, 0.1, 0.5) for f in range(2)]
+    variant = [record("rmlc", f, 0.2, 0.5, overrides={"alpha": 2.0}) for f in range(2)]
+    for rec in main:
+        rec["readouts"] = {"first": {"metrics": {"hamming_loss": 0.3, "mAP": 0.4}, "per_label_ap": None,
+                                     "undefined": {}}}
+    (table,) = build_ablation_tables(results_of(main + variant))
+    assert list(table.mean.index) == ["rmlc", "rmlc (alpha=2.0)", "rmlc:first"]
