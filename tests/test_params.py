@@ -272,9 +272,11 @@ class Shapes(Method):
 _other = types.ModuleType("other_plugin_module")
 sys.modules[_other.__name__] = _other
 Inherited = type("Inherited", (Shapes,), {"__module__": _other.__name__, "name": "inherited"})
+# ... or from a module no longer loaded (a class made at run time, a removed plug-in file).
+Unloaded = type("Unloaded", (Shapes,), {"__module__": "no_such_module_loaded", "name": "unloaded"})
 
 
-@pytest.mark.parametrize("cls", [Shapes, Inherited])
+@pytest.mark.parametrize("cls", [Shapes, Inherited, Unloaded])
 def test_annotations_are_read_in_the_module_that_wrote_them(cls):
     with pytest.raises(BenchError) as err:
         params.resolve(cls, {"pick": "c"})

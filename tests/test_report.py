@@ -230,3 +230,15 @@ def test_ablation_rows_list_variants_before_readouts():
                                      "undefined": {}}}
     (table,) = build_ablation_tables(results_of(main + variant))
     assert list(table.mean.index) == ["rmlc", "rmlc (alpha=2.0)", "rmlc:first"]
+
+
+def test_an_ablation_table_says_what_it_is_and_shows_the_datasets_metric_columns():
+    # "a" (one row, no table) sorts before "rmlc": a family too small for a table skips only itself.
+    records = [record(m, f, 0.1 * f, 0.5, dataset="vocish") for m in ("a", "rmlc", "rmlc_ns") for f in range(2)]
+    results = results_of(records)
+    (table,) = build_ablation_tables(results)
+    assert (table.kind, table.dataset, table.protocol, table.n_folds, table.family) == (
+        "ablation", "vocish", "kfold", 3, "rmlc")
+    assert table.slug == "vocish__kfold3__ablation_rmlc"
+    assert list(table.mean.index) == ["rmlc", "rmlc_ns"]
+    assert list(table.mean.columns) == list(build_tables(results)[0].mean.columns) == ["mAP"]  # voc: mAP only

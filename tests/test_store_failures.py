@@ -100,3 +100,24 @@ def test_a_damaged_job_is_run_again_and_only_that_job(tmp_path, damage):
     # the re-run job is whole again, and the others were neither rewritten nor lost
     assert ResultStore(tmp_path / "results").load("tiny", "br", victim.stem) is not None
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.stem != victim.stem} == untouched
+
+
+def test_a_job_never_stored_is_absent_without_a_warning(tmp_path, caplog):
+    store, _ = stored(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        assert store.load("d", "m", "j2") is None
+    assert caplog.text == ""
+
+
+def test_paths_and_numpy_values_are_stored_as_json_and_other_objects_are_refused(tmp_path):
+    from pathlib import Path
+
+    store = ResultStore(tmp_path)
+    record = {"job_id": "j1", "config": {"dataset": "d", "method": "m", "data_root": Path("/data/x")},
+              "metrics": {"mAP": np.float32(0.5)}, "timings": {"fit_s": 1.0}, "counts": np.array([1, 2])}
+    store.write(record, {"scores": SCORES})
+    loaded = store.load("d", "m", "j1")
+    assert (loaded["config"]["data_root"], loaded["metrics"]["mAP"], loaded["counts"]) == ("/data/x", 0.5, [1, 2])
+    with pytest.raises(TypeError) as err:
+        store.write({**record, "job_id": "j2", "extra": {1, 2}}, {"scores": SCORES})
+    assert str(err.value) == "cannot store set in a result record"
