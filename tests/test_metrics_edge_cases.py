@@ -98,3 +98,10 @@ def test_lower_is_better_exactly_for_the_four_losses():
     assert {m for m in metrics.METRICS if direction_arrow(m) == "↓"} == {
         "hamming_loss", "ranking_loss", "one_error", "coverage"}
     assert metrics.LOWER_IS_BETTER == {"hamming_loss", "ranking_loss", "one_error", "coverage"}
+
+
+def test_an_example_with_a_single_label_pair_counts_that_pair():
+    # Two labels, one relevant: one (relevant, irrelevant) pair per example, mis-ordered in the first.
+    y = np.array([[1, 0], [0, 1]])
+    scores = np.array([[0.2, 0.8], [0.3, 0.6]])
+    assert evaluate(y, scores)["ranking_loss"] == pytest.approx(label_ranking_loss(y, scores)) == 0.5

@@ -6,8 +6,10 @@ import sys
 import textwrap
 import types
 import typing
+from numbers import Real
 
 import pytest
+from sklearn.utils._param_validation import Interval
 
 from bench import params, plugins, runner
 from bench.api import Method
@@ -290,3 +292,51 @@ def test_generic_and_special_annotations():
     with pytest.raises(BenchError) as err:
         params.resolve(Shapes, {"opts": 3})
     assert str(err.value) == "--set opts=3: method 'shapes' expects opts: dict[str, int] | None, got int 3"
+
+
+def test_resolve_params_is_resolve_as_a_pair():
+    assert params.resolve_params(Typed, {"rate": 0.2}, {"layers": 3}) == (
+        {**params.defaults(Typed), "rate": 0.2, "layers": 3}, {"rate": 0.2})
+
+
+@pytest.mark.parametrize("key, message", [
+    ("other.rate", "--set other.rate: method 'other' is not among the selected (typed, checked)"),
+    ("typed.nope", "--set typed.nope: method 'typed' has no hyper-parameter 'nope'; it has: flag, free, layers, "
+                   "mode, pair, rate, size, weights"),
+    ("nope", "--set nope: no selected method has a hyper-parameter 'nope'; known: anything, flag, free, layers, "
+             "mode, obj, pair, rate, size, weights"),
+])
+def test_unknown_keys_are_refused_naming_what_is_known(key, message):
+    params.check_override_keys({"rate": 1.0, "checked.mode": "mean"}, [Typed, Checked])  # known: accepted
+    with pytest.raises(BenchError) as err:
+        params.check_override_keys({key: 1}, [Typed, Checked])
+    assert str(err.value) == message
+
+
+class Constrained(Method):
+    """A method that declares scikit-learn's parameter constraints."""
+
+    name = "constrained"
+    _parameter_constraints = {"C": [Interval(Real, 0, None, closed="neither")]}
+
+    def __init__(self, C: float = 1.0):
+        self.C = C
+
+
+def test_scikit_learn_parameter_constraints_are_checked_up_front():
+    params.validate(Constrained, params.resolve(Constrained, {"C": 2}))
+    with pytest.raises(BenchError) as err:
+        params.validate(Constrained, params.resolve(Constrained, {"C": -1}))
+    assert str(err.value).startswith("--set C=-1.0: method 'constrained': The 'C' parameter of Constrained must be")
+
+
+def test_a_check_that_fails_without_a_message_is_named_by_its_exception():
+    class Silent(Checked):
+        name = "silent"
+
+        def _check_params(self):
+            raise ValueError()
+
+    with pytest.raises(BenchError) as err:
+        params.validate(Silent, params.resolve(Silent, {}))
+    assert str(err.value) == "method 'silent': ValueError"

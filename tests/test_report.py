@@ -242,3 +242,28 @@ def test_an_ablation_table_says_what_it_is_and_shows_the_datasets_metric_columns
     assert table.slug == "vocish__kfold3__ablation_rmlc"
     assert list(table.mean.index) == ["rmlc", "rmlc_ns"]
     assert list(table.mean.columns) == list(build_tables(results)[0].mean.columns) == ["mAP"]  # voc: mAP only
+
+
+def test_main_and_per_class_tables_say_what_they_are():
+    # "avoc" (a per-class dataset without per-class AP stored) and "toy" (no per-class table) come
+    # before "vocish": each skips only itself.
+    per_class = [dict(r) for r in PER_CLASS]
+    per_class[0] = {**per_class[0], "undefined": {"mAP": 1}}
+    records = RECORDS + [record("a", 0, 0.1, 0.5, dataset="avoc")] + per_class
+    knowledge = Knowledge({**METRIC_SETS, "avoc": "voc"}, frozenset({"vocish", "avoc"}), ABLATION_OF)
+    results = results_of(records, knowledge)
+    assert [(t.kind, t.dataset, t.protocol, t.n_folds) for t in build_tables(results)] == [
+        ("main", "avoc", "kfold", 3), ("main", "toy", "kfold", 3), ("main", "vocish", "kfold", 3)]
+    (table,) = build_per_class_tables(results)
+    assert (table.kind, table.dataset, table.protocol, table.n_folds, table.show_std) == (
+        "per_class", "vocish", "kfold", 3, False)
+    assert dict(table.undefined) == {"mAP": 1}
+
+
+def test_rows_run_with_scale_settings_are_named_in_one_note_per_setting():
+    scaled = [record(m, f, 0.1, 0.5) for m in ("br", "rmlc") for f in range(2)]
+    for rec in scaled:
+        rec["config"]["scale_defaults"] = {"epochs": 10, "backbone": "small-cnn"}
+    (table,) = build_tables(results_of(scaled))
+    assert table.notes == ("Run with the dataset's scale settings (backbone=small-cnn, epochs=10), not the "
+                           "papers' defaults: br, rmlc (`bench run --paper-defaults` for the papers' own).",)

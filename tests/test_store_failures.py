@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,14 +67,17 @@ def test_a_record_whose_arrays_are_gone_is_ignored_with_a_warning(tmp_path, capl
     assert str(json_path) in caplog.text
 
 
-def test_arrays_replaced_by_other_valid_arrays_are_ignored(tmp_path):
+def test_arrays_replaced_by_other_valid_arrays_are_ignored(tmp_path, caplog):
     """A digest check, not only a parse check: another job's (valid) arrays under this name."""
     store, json_path = stored(tmp_path)
     other = ResultStore(tmp_path / "other")
     other_json = other.write({"job_id": "j1", "config": {"dataset": "d", "method": "m"}, "metrics": {},
                               "timings": {}}, {"scores": SCORES[::-1]})
     json_path.with_suffix(".npz").write_bytes(other_json.with_suffix(".npz").read_bytes())
-    assert store.load("d", "m", "j1") is None
+    with caplog.at_level(logging.WARNING):
+        assert store.load("d", "m", "j1") is None
+    assert caplog.messages == [f"ignoring corrupt result {json_path} (j1.npz does not match its recorded "
+                               "SHA-256); the job will be re-run"]
 
 
 def jobs(tmp_path):
@@ -110,8 +115,6 @@ def test_a_job_never_stored_is_absent_without_a_warning(tmp_path, caplog):
 
 
 def test_paths_and_numpy_values_are_stored_as_json_and_other_objects_are_refused(tmp_path):
-    from pathlib import Path
-
     store = ResultStore(tmp_path)
     record = {"job_id": "j1", "config": {"dataset": "d", "method": "m", "data_root": Path("/data/x")},
               "metrics": {"mAP": np.float32(0.5)}, "timings": {"fit_s": 1.0}, "counts": np.array([1, 2])}
@@ -121,3 +124,52 @@ def test_paths_and_numpy_values_are_stored_as_json_and_other_objects_are_refused
     with pytest.raises(TypeError) as err:
         store.write({**record, "job_id": "j2", "extra": {1, 2}}, {"scores": SCORES})
     assert str(err.value) == "cannot store set in a result record"
+
+
+def test_a_typed_record_is_written_like_its_dict_sorted_and_indented(tmp_path):
+    from bench.records import Record
+
+    config = {"dataset": "d", "method": "m", "protocol": "kfold", "n_folds": 3, "fold": 0, "seed": 0}
+    typed = Record.from_dict({"job_id": "j1", "config": config, "metrics": {"mAP": 0.75}, "timings": {}})
+    again = ResultStore(tmp_path / "again").write(typed, {"scores": SCORES})
+    loaded = json.loads(again.read_text())
+    assert loaded["metrics"] == {"mAP": 0.75} and loaded["job_id"] == "j1"
+    # One key per line, in sorted order: two runs' records diff line by line.
+    assert again.read_text() == json.dumps(loaded, indent=1, sort_keys=True)
+
+
+def test_the_umask_is_read_without_changing_it_with_or_without_proc(monkeypatch):
+    from bench import store as store_module
+
+    old = os.umask(0o027)
+    try:
+        assert store_module.current_umask() == 0o027
+        class NoProc(type(Path())):  # a system without /proc/self/status
+            def read_text(self, *args, **kwargs):
+                raise OSError("no /proc here")
+        monkeypatch.setattr(store_module, "Path", NoProc)
+        assert store_module.current_umask() == 0o027
+        assert os.umask(0o027) == 0o027  # left as it was
+    finally:
+        os.umask(old)
+
+
+def test_an_atomic_write_goes_through_a_hidden_temporary_file_beside_the_target(tmp_path, monkeypatch):
+    from bench import store as store_module
+
+    target = tmp_path / "sub" / "r.json"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    seen = []
+
+    def failing_replace(src, dst):
+        seen.append(Path(src))
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store_module.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        store_module.atomic_write_bytes(target, b"new")
+    (tmp,) = seen
+    assert tmp.parent == target.parent and tmp.name.startswith(".r.json.") and tmp.name.endswith(".tmp")
+    assert not tmp.exists() and target.read_bytes() == b"old"  # the partial file is gone, the old one kept
+    assert sorted(p.name for p in target.parent.iterdir()) == ["r.json"]
