@@ -265,8 +265,8 @@ class Shapes(Method):
     name = "shapes"
 
     def __init__(self, pick: Choice = "a", opts: dict[str, int] | None = None, seed: Seed = Seed(0),
-                 depth: typing.Annotated[int, "layers"] = 1):
-        self.pick, self.opts, self.seed, self.depth = pick, opts, seed, depth
+                 depth: typing.Annotated[int, "layers"] = 1, scale: typing.Annotated[float, "x"] = 1.0):
+        self.pick, self.opts, self.seed, self.depth, self.scale = pick, opts, seed, depth, scale
 
 
 # A plug-in whose class inherits its signature from a class of another module: the annotation
@@ -287,8 +287,13 @@ def test_annotations_are_read_in_the_module_that_wrote_them(cls):
 
 
 def test_generic_and_special_annotations():
-    kept = params.resolve(Shapes, {"opts": {"x": 1}, "seed": 5, "depth": 3}).params
-    assert (kept["opts"], kept["seed"], kept["depth"]) == ({"x": 1}, 5, 3)
+    kept = params.resolve(Shapes, {"opts": {"x": 1}, "seed": 5, "depth": 3, "scale": 2}).params
+    assert (kept["opts"], kept["seed"], kept["depth"], kept["scale"]) == ({"x": 1}, 5, 3, 2.0)
+    assert type(kept["scale"]) is float  # Annotated[float, ...] is a float: an int becomes one
+    with pytest.raises(BenchError) as err:
+        params.resolve(Shapes, {"scale": "abc"})
+    assert str(err.value) == ("--set scale='abc': method 'shapes' expects scale: Annotated[float, 'x'], "
+                              "got the string 'abc'")
     with pytest.raises(BenchError) as err:
         params.resolve(Shapes, {"opts": 3})
     assert str(err.value) == "--set opts=3: method 'shapes' expects opts: dict[str, int] | None, got int 3"

@@ -216,7 +216,9 @@ def test_reports_of_several_datasets_add_the_leaderboard_in_the_formats_asked(tm
     assert [p.name for p in written] == ["toy__kfold3.md", "toy2__kfold3.md", "leaderboard.md",
                                          "leaderboard__wilcoxon.md"]
     assert all(p.parent == tmp_path and p.is_file() for p in written)
-    assert [t.kind for t in tables][-1] != "main"  # the leaderboard's table comes after the datasets'
+    assert [t.kind for t in tables] == ["main", "main", "leaderboard"]  # the datasets' tables, then its
+    assert [p.name for p in write_reports(results_of(records), tmp_path / "no", formats=("md",),
+                                          leaderboard=False)[1]] == ["toy__kfold3.md", "toy2__kfold3.md"]
     one_dataset = [r for r in records if r["config"]["dataset"] == "toy"]
     assert [p.name for p in write_reports(results_of(one_dataset), tmp_path / "one", formats=("md",))[1]] == [
         "toy__kfold3.md"]

@@ -173,3 +173,16 @@ def test_an_atomic_write_goes_through_a_hidden_temporary_file_beside_the_target(
     assert tmp.parent == target.parent and tmp.name.startswith(".r.json.") and tmp.name.endswith(".tmp")
     assert not tmp.exists() and target.read_bytes() == b"old"  # the partial file is gone, the old one kept
     assert sorted(p.name for p in target.parent.iterdir()) == ["r.json"]
+
+
+def test_a_records_arrays_are_read_whole_or_by_name(tmp_path):
+    from bench.records import Record
+
+    store = ResultStore(tmp_path)
+    config = {"dataset": "d", "method": "m", "protocol": "kfold", "n_folds": 3, "fold": 0, "seed": 0}
+    raw = {"job_id": "j1", "config": config, "metrics": {}, "timings": {}}
+    store.write(raw, {"scores": SCORES, "y_pred": np.eye(2, dtype=np.uint8)})
+    whole = store.arrays(raw)
+    assert sorted(whole) == ["scores", "y_pred"] and np.array_equal(whole["scores"], SCORES)
+    named = store.arrays(Record.from_dict(store.load("d", "m", "j1")), names=["y_pred", "absent"])
+    assert list(named) == ["y_pred"] and np.array_equal(named["y_pred"], np.eye(2))
