@@ -168,6 +168,31 @@ def decode_file(path: Path | str) -> torch.Tensor:
         raise BenchError(f"image file {path} cannot be decoded ({' '.join(str(exc).split())[:120]})") from None
 
 
+#: The longest side, in pixels, of the image thumbnails a job stores with its class maps.
+THUMBNAIL_SIDE = 224
+
+
+def thumbnails(view: ImageView, side: int = THUMBNAIL_SIDE) -> tuple[np.ndarray, np.ndarray]:
+    """The images of ``view`` as RGB uint8 [k, H, W, 3], each scaled down (antialiased) so that its
+    longest side is at most ``side``, and their sizes int32 [k, 2] (H, W): images of different
+    sizes are padded with black at the bottom and right to the largest."""
+    from torchvision.transforms.v2 import functional as TF
+
+    images = []
+    for i in range(len(view)):
+        image = to_chw_rgb(view.array[i]) if view.array is not None else decode_file(view.paths[i])
+        h, w = image.shape[-2:]
+        if max(h, w) > side:
+            scale = side / max(h, w)
+            image = TF.resize(image, [max(1, round(h * scale)), max(1, round(w * scale))], antialias=True)
+        images.append(image.permute(1, 2, 0).numpy())
+    sizes = np.array([image.shape[:2] for image in images], dtype=np.int32).reshape(-1, 2)
+    out = np.zeros((len(images), *sizes.max(axis=0, initial=1), 3), dtype=np.uint8)
+    for n, (image, (h, w)) in enumerate(zip(images, sizes, strict=True)):
+        out[n, :h, :w] = image
+    return out, sizes
+
+
 class ImageSet(Dataset):
     """Indexable (image uint8 [3, h, w], labels float32 [L]) pairs of an :class:`ImageView`, and
     the item's index too with ``with_index=True``.

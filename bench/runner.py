@@ -36,7 +36,7 @@ import numpy as np
 from bench import backends, image_features, params, plugins
 from bench.api import EXECUTION_PARAMS, Method, NoClassMaps
 from bench.backends import resolve_device  # noqa: F401  (part of the runner's interface)
-from bench.data import ImageView, MultiLabelData
+from bench.data import MultiLabelData
 from bench.errors import BenchError, one_line
 from bench.metrics import evaluate
 from bench.params import parse_overrides, resolve_params  # noqa: F401  (used through the runner)
@@ -55,8 +55,6 @@ READOUT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 #: The first test images of a job whose class maps (``Method.class_maps``) it stores, for the
 #: report's map figures (DER Figs. 2 and 8); only these are computed, so storing them costs little.
 CLASS_MAP_IMAGES = 4
-#: The longest side, in pixels, of the image thumbnails stored with the class maps.
-THUMBNAIL_SIDE = 224
 
 
 # --------------------------------------------------------------------------- jobs
@@ -304,32 +302,11 @@ def _class_maps(name: str, method: Method, test: MultiLabelData) -> dict[str, np
     if maps.size and maps.min() < 0:
         raise BenchError(f"method {name!r}: class_maps returned negative values (min {maps.min():g}); "
                          "maps must be >= 0")
+    from bench.image import thumbnails  # torch and torchvision: only for methods with class maps
+
     images, sizes = thumbnails(first.image_view)
     return {"class_maps": maps.astype(np.float16), "class_map_images": images, "class_map_image_sizes": sizes,
             "class_map_labels": first.Y.astype(np.uint8)}
-
-
-def thumbnails(view: ImageView, side: int = THUMBNAIL_SIDE) -> tuple[np.ndarray, np.ndarray]:
-    """The images of ``view`` as RGB uint8 [k, H, W, 3], each scaled down (antialiased) so that its
-    longest side is at most ``side``, and their sizes int32 [k, 2] (H, W): images of different
-    sizes are padded with black at the bottom and right to the largest."""
-    from torchvision.transforms.v2 import functional as TF
-
-    from bench.image import decode_file, to_chw_rgb
-
-    images = []
-    for i in range(len(view)):
-        image = to_chw_rgb(view.array[i]) if view.array is not None else decode_file(view.paths[i])
-        h, w = image.shape[-2:]
-        if max(h, w) > side:
-            scale = side / max(h, w)
-            image = TF.resize(image, [max(1, round(h * scale)), max(1, round(w * scale))], antialias=True)
-        images.append(image.permute(1, 2, 0).numpy())
-    sizes = np.array([image.shape[:2] for image in images], dtype=np.int32).reshape(-1, 2)
-    out = np.zeros((len(images), *sizes.max(axis=0, initial=1), 3), dtype=np.uint8)
-    for n, (image, (h, w)) in enumerate(zip(images, sizes, strict=True)):
-        out[n, :h, :w] = image
-    return out, sizes
 
 
 def _execute_safely(job: Job, device) -> dict:

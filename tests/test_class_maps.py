@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from bench import cli, plots, runner
+from bench import cli, image, plots, runner
 from bench import results as results_layer
 from bench.data import ImageView
 from bench.store import ResultStore
@@ -238,7 +238,7 @@ def test_thumbnails_of_image_files_are_rgb_at_most_224_pixels_padded_to_the_larg
     small = np.zeros((40, 60, 3), np.uint8)
     small[..., 0] = 200
     Image.fromarray(small).save(tmp_path / "small.png")
-    images, sizes = runner.thumbnails(ImageView(paths=(tmp_path / "wide.png", tmp_path / "small.png")))
+    images, sizes = image.thumbnails(ImageView(paths=(tmp_path / "wide.png", tmp_path / "small.png")))
     assert images.dtype == np.uint8 and images.shape == (2, 112, 224, 3)
     assert sizes.tolist() == [[112, 224], [40, 60]]
     reference = np.asarray(Image.fromarray(wide).resize((224, 112), Image.BILINEAR), dtype=int)
