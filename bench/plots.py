@@ -44,9 +44,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.api import PER_RUN_PARAMS
 from bench.metrics import METRICS, direction_arrow
-from bench.results import DDOF, Results, Row, protocol_text, table_slug
+from bench.results import DDOF, Results, Row, identity_params, protocol_text, table_slug
 from bench.store import atomic_write_bytes
 
 MAX_PANELS = 12
@@ -231,7 +230,7 @@ def sweeps(rows: Iterable[Row]) -> dict[tuple[str, str], list[Row]]:
             by_method[row.method].append(row)
     found = {}
     for method, members in by_method.items():
-        params = [{k: v for k, v in r.params.items() if k not in PER_RUN_PARAMS} for r in members]
+        params = [identity_params(r.params) for r in members]
         for name in sorted(set().union(*params)):
             families: dict[str, list[Row]] = defaultdict(list)
             for row, p in zip(members, params, strict=True):
