@@ -165,6 +165,9 @@ def test_a_wide_beam_finds_the_brute_force_best_path_of_every_length_and_the_sto
             best[b][t] = max((lp, p) for p, lp in paths.items())
             assert float(decoded.log_prob[t, b]) == pytest.approx(best[b][t][0], abs=1e-5)
             assert torch.nonzero(decoded.sets[t, b]).flatten().tolist() == sorted(best[b][t][1])
+            alphas = run_path(head, x[b:b + 1], list(best[b][t][1]))["alphas"]
+            for s, label in enumerate(best[b][t][1]):   # each label's map: the attention that emitted it
+                close(decoded.maps[t, b, label], alphas[s])
             differs += float(narrow.log_prob[t, b]) < best[b][t][0] - 1e-6
     assert differs   # the toy is not one where greedy is already optimal
     for threshold in (0.0, 0.05, 0.3, 0.6):
@@ -236,7 +239,10 @@ def test_the_stop_threshold_maximises_the_validation_f1_of_the_decoded_sets():
         return f1_score(Y, sets[lengths, np.arange(n)], average="micro", zero_division=1.0)
 
     grid = np.r_[np.exp(log_prob[1:]).ravel(), 1.0 + 1e-9]
-    assert f1(tau) == pytest.approx(max(f1(g) for g in grid))
+    scores = {g: f1(g) for g in grid}
+    best = max(scores.values())
+    assert f1(tau) == pytest.approx(best)
+    assert tau == max(g for g, v in scores.items() if v == pytest.approx(best))   # ties: the largest τ
     assert f1(tau) > f1(1e-12) and f1(tau) > f1(1.0 + 1e-9)   # neither "all T labels" nor "none" here
 
 
