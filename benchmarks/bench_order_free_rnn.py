@@ -26,12 +26,18 @@ from __future__ import annotations
 import argparse
 import platform
 import resource
+import sys
 import time
 
 import torch
 
+from bench import plugins
 from bench.training import autocast
-from methods.order_free_rnn import OrderFreeRNNHead, beam_search, step_bce, unroll
+
+
+def _method_module():
+    """methods/order_free_rnn.py, imported by the plug-in loader (under its private name)."""
+    return sys.modules[plugins.get("methods", "order_free_rnn").__module__]
 
 PAPER = {"channels": 2048, "grid": 14, "labels": 81, "hidden": 512, "batch": 32, "steps": 10, "beam": 3,
          "eval_batch": 64, "train_iters": 30, "decode_batches": 10}
@@ -54,14 +60,15 @@ def _sync(device: torch.device) -> None:
 
 def time_training(head, size: dict, device: torch.device) -> float:
     """RNN-stage updates per second (Algorithm 1's second phase, ``updates="sequence"``)."""
+    ofr = _method_module()
     optimizer = torch.optim.Adam(head.rnn_parameters(), lr=3e-4)
     batches = [synthetic_batch(size, size["batch"], device, seed) for seed in range(4)]
     head.train()
 
     def update(regions, y):
         with autocast(device):
-            outputs = unroll(head, regions, size["steps"])
-        loss = step_bce(outputs["step_logits"].float(), y.unsqueeze(1).expand(-1, size["steps"], -1))
+            outputs = ofr.unroll(head, regions, size["steps"])
+        loss = ofr.step_bce(outputs["step_logits"].float(), y.unsqueeze(1).expand(-1, size["steps"], -1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -79,6 +86,7 @@ def time_training(head, size: dict, device: torch.device) -> float:
 @torch.no_grad()
 def time_decoding(head, size: dict, device: torch.device) -> float:
     """Beam-search decoding, images per second (beam 3, to the full T)."""
+    beam_search = _method_module().beam_search
     head.eval()
     batches = [synthetic_batch(size, size["eval_batch"], device, 100 + s)[0] for s in range(2)]
     with autocast(device):
@@ -97,7 +105,7 @@ def measure(device: str, quick: bool) -> list[dict]:
     size = QUICK if quick else PAPER
     dev = torch.device(device)
     torch.manual_seed(0)
-    head = OrderFreeRNNHead(size["channels"], size["labels"], size["hidden"], size["hidden"], size["hidden"]).to(dev)
+    head = _method_module().OrderFreeRNNHead(size["channels"], size["labels"], size["hidden"], size["hidden"], size["hidden"]).to(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     train = time_training(head, size, dev)

@@ -233,14 +233,11 @@ def order_free_targets(y: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 def ordered_sequences(y: torch.Tensor, rank: torch.Tensor, steps: int) -> torch.Tensor:
-    """Each image's positive labels sorted by ``rank`` (0 first), padded with -1, [B, T]."""
+    """Each image's positive labels sorted by ``rank`` (0 first), padded with -1, [B, T] (T <= L)."""
     key = torch.where(y > 0.5, rank.to(y.device).float().expand_as(y), torch.full_like(y, float("inf")))
     order = key.argsort(dim=1, stable=True)[:, :steps]
     valid = torch.gather(y > 0.5, 1, order)
-    seq = torch.where(valid, order, torch.full_like(order, -1))
-    if seq.shape[1] < steps:
-        seq = F.pad(seq, (0, steps - seq.shape[1]), value=-1)
-    return seq
+    return torch.where(valid, order, torch.full_like(order, -1))
 
 
 def unroll(head: OrderFreeRNNHead, regions: torch.Tensor, steps: int, forced: torch.Tensor | None = None
@@ -476,10 +473,13 @@ class OrderFreeRNN(DeepMethod):
         """The stop threshold τ chosen on the validation part (or the fixed ``stop_threshold``)."""
         if self.stop_threshold is not None or val is None or val.n_samples == 0:
             return
-        found = self.map_batches(val, lambda model, batch: self._search(model, batch, threshold=0.0,
-                                                                        fields=("log_prob", "sets")))
-        log_prob = found["log_prob"].transpose(1, 0)                  # batches were concatenated on images
-        sets = found["sets"].transpose(1, 0, 2).astype(bool)
+
+        def search(model, batch):   # the best path of every length, images first (for concatenation)
+            decoded = beam_search(model.head, model.encoder(batch.inputs), int(self.beam), self.max_steps_)
+            return {"log_prob": decoded.log_prob.transpose(0, 1), "sets": decoded.sets.transpose(0, 1)}
+
+        found = self.map_batches(val, search)
+        log_prob, sets = found["log_prob"].transpose(1, 0), found["sets"].transpose(1, 0, 2).astype(bool)
         self.stop_threshold_ = best_threshold(log_prob, sets, val.Y, self.calibration_metric)
 
     def forward_eval(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
@@ -505,12 +505,6 @@ class OrderFreeRNN(DeepMethod):
         return {"cnn_baseline": (scores if scores is not None else np.zeros((0, self.n_labels_))).astype(np.float64)}
 
     # -------------------------------------------------------------- internals
-    def _search(self, model, batch, threshold: float, fields: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        decoded = beam_search(model.head, model.encoder(batch.inputs), int(self.beam), self.max_steps_, threshold)
-        out = {f: getattr(decoded, f) for f in fields}
-        out = {k: v.transpose(0, 1) for k, v in out.items()}         # images first, for concatenation
-        return out
-
     def _forced(self, y: torch.Tensor) -> torch.Tensor | None:
         if self.label_order == "free":
             return None

@@ -13,23 +13,17 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import plugin_module
 from sklearn.metrics import f1_score
 
 from bench.backbones import Backbone
 from bench.data import ImageView, MultiLabelData
 from bench.errors import BenchError
-from methods.order_free_rnn import (
-    OrderFreeRNN,
-    OrderFreeRNNHead,
-    OrderFreeRNNRareFirst,
-    SoftAttention,
-    beam_search,
-    best_threshold,
-    emit,
-    ordered_sequences,
-    step_bce,
-    unroll,
-)
+
+ofr = plugin_module("methods", "order_free_rnn")   # imported by the plug-in loader under a private name
+OrderFreeRNN, OrderFreeRNNHead, OrderFreeRNNRareFirst = ofr.OrderFreeRNN, ofr.OrderFreeRNNHead, ofr.OrderFreeRNNRareFirst
+SoftAttention, beam_search, best_threshold, emit = ofr.SoftAttention, ofr.beam_search, ofr.best_threshold, ofr.emit
+ordered_sequences, step_bce, unroll = ofr.ordered_sequences, ofr.step_bce, ofr.unroll
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
