@@ -74,10 +74,13 @@ def _add_tracking_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _tracker(args, store_root: Path):
-    """The MLflow mirror of the results store, or None when tracking is switched off."""
+    """The MLflow mirror of the results store, or None when tracking is switched off (and for smoke
+    runs, which are checks, not results)."""
     from bench.tracking import Tracker, tracking_enabled
 
-    return Tracker.for_results(store_root, args.tracking_uri) if tracking_enabled(args.no_mlflow) else None
+    if args.smoke or not tracking_enabled(args.no_mlflow):
+        return None
+    return Tracker.for_results(store_root, args.tracking_uri)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--feature-extractor", default=None, metavar="BACKBONE[@SIZE]",
                      help="frozen CNN whose per-stage features feature-only methods read on image-only datasets "
                           f"(default: {image_features.Extractor()}; e.g. resnet101@448)")
+    run.add_argument("--smoke", action="store_true",
+                     help="check that a set-up runs end to end in seconds: a tiny schedule (epochs=1, "
+                          "steps_per_epoch=2 where a method has them) over --set and the dataset's settings; "
+                          "smoke jobs are stored apart from real ones, shown by `bench report --smoke` only "
+                          "(tables in <reports>/smoke), and not logged to MLflow")
     run.add_argument("--force", action="store_true", help="re-run jobs that are already in the store")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_tracking_options(run)
@@ -143,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="our row that published rows of other methods are compared with (--with-paper)")
     report.add_argument("--no-leaderboard", action="store_true",
                         help="skip the cross-dataset leaderboard, its tests and critical-difference diagrams")
+    report.add_argument("--smoke", action="store_true",
+                        help="the runs of `bench run --smoke` instead of the real ones (default --out: "
+                             "<reports>/smoke; not logged to MLflow)")
     _add_tracking_options(report)
     return parser
 
@@ -241,12 +252,12 @@ def cmd_run(args) -> int:
     if args.dataset.strip() == "all":
         datasets = _present(datasets, data_root)
     store_root = writable_folder(args.results or default_results(), "results")
-    reports_root = writable_folder(default_reports(), "reports")
+    reports_root = writable_folder(_reports_folder(None, args.smoke), "reports")
     jobs = build_jobs(
         methods, datasets, protocol=args.protocol, n_folds=args.folds, seeds=args.seeds,
         overrides=parse_overrides(args.overrides), data_root=data_root,
         store_root=store_root, strict=args.method.strip() != "all", paper_defaults=args.paper_defaults,
-        feature_extractor=args.feature_extractor,
+        feature_extractor=args.feature_extractor, smoke=args.smoke,
     )
     if not jobs:
         raise BenchError("no job to run: no selected method accepts the selected datasets' views")
@@ -257,7 +268,7 @@ def cmd_run(args) -> int:
 
     # Every stored run on these datasets, read once, on the data as this run saw it.
     results = results_layer.load(ResultStore(store_root), datasets,
-                                 current={j.dataset: j.data_fingerprint for j in jobs})
+                                 current={j.dataset: j.data_fingerprint for j in jobs}, smoke=args.smoke)
     job_ids = {j.job_id for j in jobs}
     for table in build_tables(results.only(job_ids)):
         print()
@@ -284,17 +295,26 @@ def cmd_report(args) -> int:
     methods = args.method.split(",") if args.method else None
     store_root = args.results or default_results()
     results = results_layer.load(ResultStore(store_root), datasets, methods,
-                                 data_root=args.data_root or default_data_root())
-    tables, written = write_reports(results, args.out or default_reports(), formats,
-                                    leaderboard=not args.no_leaderboard)
+                                 data_root=args.data_root or default_data_root(), smoke=args.smoke)
+    out_dir = _reports_folder(args.out, args.smoke)
+    tables, written = write_reports(results, out_dir, formats, leaderboard=not args.no_leaderboard)
     if not tables:
-        raise BenchError(f"no finished run in {store_root}; start with `bench run --method br`")
+        what = "smoke run" if args.smoke else "finished run"
+        raise BenchError(f"no {what} in {store_root}; start with `bench run --method br{' --smoke' * args.smoke}`")
     for table in tables:
         print(to_markdown(table))
     _print_table_extras(args, tables)
     print(f"wrote {len(written)} file(s) to {written[0].parent}")
-    _figures_and_tracking(args, store_root, args.out or default_reports(), results, tables, written)
+    _figures_and_tracking(args, store_root, out_dir, results, tables, written)
     return 0
+
+
+def _reports_folder(out: Path | None, smoke: bool) -> Path:
+    """``--out``, else the reports folder; smoke runs' tables go to its ``smoke/`` so that they never
+    replace the real ones."""
+    if out is not None:
+        return out
+    return default_reports() / "smoke" if smoke else default_reports()
 
 
 def _print_table_extras(args, tables) -> None:

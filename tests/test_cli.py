@@ -439,3 +439,99 @@ def test_a_changed_training_part_never_reuses_a_stored_result(isolated, tmp_path
         assert expected in capsys.readouterr().out
     records = [json.loads(p.read_text()) for p in (tmp_path / "results" / "shifting" / "br").glob("*.json")]
     assert sorted(r["n_train"] for r in records) == [30, 40]
+
+
+# --------------------------------------------------------------------------- --smoke
+# A method with a schedule (the common names epochs, steps_per_epoch) that records what it ran.
+SCHEDULED = """
+import numpy as np
+from bench.api import Method
+
+
+class Scheduled(Method):
+    name = "scheduled"
+
+    def __init__(self, epochs: int = 50, steps_per_epoch: int | None = None, lr: float = 0.1):
+        self.epochs, self.steps_per_epoch, self.lr = epochs, steps_per_epoch, lr
+
+    def fit(self, train, val=None):
+        self.prior_ = train.Y.mean(0)
+        self.history_ = [{"epoch": e + 1, "loss": 1.0 / (e + 1)} for e in range(self.epochs)]
+        return self
+
+    def predict_scores(self, data):
+        return np.tile(self.prior_, (data.n_samples, 1))
+"""
+
+
+def _stored(root: Path, method: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in (root / "results" / "tiny" / method).glob("*.json")]
+
+
+def test_smoke_runs_a_tiny_schedule_over_set_as_jobs_of_their_own(isolated, tmp_path, capsys):
+    (isolated / "methods" / "scheduled.py").write_text(SCHEDULED)
+    base = ["run", "--method", "scheduled,br", "--dataset", "tiny", "--folds", "2", "--no-progress"]
+    assert main([*base, "--set", "scheduled.epochs=3"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--set", "scheduled.epochs=3", "--smoke"]) == 0
+    # br has none of the schedule's names, yet its smoke jobs are jobs of their own, not the real ones
+    assert "4 job(s) run, 0 already in" in capsys.readouterr().out
+    for method in ("scheduled", "br"):
+        records = _stored(tmp_path, method)
+        assert sorted(r["config"].get("smoke", False) for r in records) == [False, False, True, True]
+        assert len({r["job_id"] for r in records}) == 4
+    smoke = [r for r in _stored(tmp_path, "scheduled") if r["config"].get("smoke")]
+    real = [r for r in _stored(tmp_path, "scheduled") if not r["config"].get("smoke")]
+    # the schedule wins over --set (and is not reported as the user's override); the rest is untouched
+    assert all(r["config"]["params"]["epochs"] == 1 and r["config"]["params"]["steps_per_epoch"] == 2
+               and r["config"]["params"]["lr"] == 0.1 and len(r["history"]) == 1 and r["overrides"] == {}
+               for r in smoke)
+    assert all(r["config"]["params"]["epochs"] == 3 and len(r["history"]) == 3 for r in real)
+
+
+def test_smoke_runs_stay_out_of_real_tables_and_show_apart_when_asked(isolated, tmp_path, capsys, caplog):
+    (isolated / "methods" / "scheduled.py").write_text(SCHEDULED)
+    base = ["run", "--method", "scheduled,br", "--dataset", "tiny", "--folds", "2", "--no-progress"]
+    assert main(base) == 0
+    real_table = (tmp_path / "reports" / "tiny__kfold2.md").read_text()
+    capsys.readouterr()
+    assert main([*base, "--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "| br (smoke) |" in out and "| scheduled (smoke) |" in out  # what the smoke run printed
+    assert (tmp_path / "reports" / "tiny__kfold2.md").read_text() == real_table  # real reports untouched
+    assert "br (smoke)" in (tmp_path / "reports" / "smoke" / "tiny__kfold2.md").read_text()
+
+    caplog.clear()
+    assert main(["report", "--format", "md", "--no-leaderboard"]) == 0
+    out = capsys.readouterr().out
+    assert "| br |" in out and "(smoke)" not in out
+    [left_out] = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert "4 smoke run(s) of `bench run --smoke`" in left_out and "other hyper-parameters" not in left_out
+
+    caplog.clear()
+    assert main(["report", "--format", "md", "--no-leaderboard", "--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "| br (smoke) |" in out and "| br |" not in out
+    assert not [r for r in caplog.records if "left out" in r.getMessage()]  # smoke runs are current, not stale
+    assert (tmp_path / "reports" / "tiny__kfold2.md").read_text() == real_table
+
+
+def test_smoke_runs_are_not_logged_to_mlflow(isolated, monkeypatch, capsys):
+    from bench import tracking
+
+    monkeypatch.setenv("BENCH_MLFLOW", "1")
+    monkeypatch.setattr(tracking.Tracker, "for_results", lambda *a, **k: pytest.fail("smoke runs went to MLflow"))
+    assert main(["run", "--method", "br", "--dataset", "tiny", "--folds", "2", "--no-progress", "--smoke"]) == 0
+    assert main(["report", "--smoke", "--no-leaderboard", "--format", "md"]) == 0
+
+
+def test_smoke_schedule_is_applied_on_top_of_set_and_scale_defaults():
+    from bench.params import SMOKE_SCHEDULE, resolve
+
+    cls = type("M", (), {"name": "m"})  # resolve reads get_params from an instance
+    cls.get_params = lambda self, deep=False: {"epochs": 60, "steps_per_epoch": None, "lr": 0.01}
+    resolved = resolve(cls, {"epochs": 20, "lr": 0.1}, {"epochs": 10, "m.steps_per_epoch": 5}, smoke=True)
+    assert resolved.params == {"epochs": SMOKE_SCHEDULE["epochs"], "steps_per_epoch": SMOKE_SCHEDULE["steps_per_epoch"],
+                               "lr": 0.1}
+    assert resolved.overrides == {"lr": 0.1} and resolved.scale_defaults == {}
+    assert resolve(cls, {"epochs": 20}, {}).params["epochs"] == 20  # without --smoke: untouched
