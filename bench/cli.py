@@ -194,8 +194,13 @@ def _dataset_status(name: str, cls: type, root: Path) -> str:
         return load_dataset(name, str(root)).summary()
     if cls().is_available(root):  # not loaded here: reading COCO's annotations takes a while
         return "files present under the data root"
-    hint = f"`bench fetch {name}`" if hasattr(cls, "archives") else "README 'Datasets'"
+    hint = f"`bench fetch {name}`" if _fetchable(cls) else "README 'Datasets'"
     return f"files not found under the data root (see {hint})"
+
+
+def _fetchable(cls: type) -> bool:
+    """Whether ``bench fetch`` can download the dataset (it declares public archives)."""
+    return hasattr(cls, "archives")
 
 
 def _threads(args) -> int | None:
@@ -223,19 +228,30 @@ def writable_folder(path: Path, what: str) -> Path:
 
 
 def _present(names: list[str], root: Path) -> list[str]:
-    """``--dataset all``: the datasets that can be loaded here (embedded, or files under ``root``),
-    the others named in one warning."""
-    present, absent = [], []
+    """``--dataset all``: the datasets that can be loaded here (embedded, or their plug-in finds its
+    files under ``root``: a check of the files, nothing is read), the others named in one warning."""
+    present, fetchable, by_hand, broken = [], [], [], []
     for name in names:
         try:
             cls = plugins.get("datasets", name)
             usable = cls.embedded or cls().is_available(root)
         except BenchError as exc:
-            log.warning("--dataset all: skipping %s", exc)
+            broken.append(f"{name} ({exc})")
             continue
-        (present if usable else absent).append(name)
-    if absent:
-        log.warning("--dataset all: skipping %s (files not found under %s; see `bench list`)", ", ".join(absent), root)
+        if usable:
+            present.append(name)
+        else:
+            (fetchable if _fetchable(cls) else by_hand).append(name)
+    reasons = []
+    if fetchable:
+        reasons.append(f"{', '.join(fetchable)} (files absent: see `bench fetch NAME`)")
+    if by_hand:
+        reasons.append(f"{', '.join(by_hand)} (files absent: see README 'Datasets on disk')")
+    if broken:
+        reasons.append(f"broken: {'; '.join(broken)}")
+    if reasons:
+        log.warning("--dataset all: skipping %d of %d dataset(s) not usable under %s: %s",
+                    len(names) - len(present), len(names), root, "; ".join(reasons))
     return present
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import runner
+from bench import plugins, runner
 from bench.cli import main
 from bench.metrics import METRICS
 
@@ -535,3 +535,26 @@ def test_smoke_schedule_is_applied_on_top_of_set_and_scale_defaults():
                                "lr": 0.1}
     assert resolved.overrides == {"lr": 0.1} and resolved.scale_defaults == {}
     assert resolve(cls, {"epochs": 20}, {}).params["epochs"] == 20  # without --smoke: untouched
+
+
+# --------------------------------------------------------------------------- --dataset all
+def test_dataset_all_names_what_it_skips_and_why_in_one_line(isolated, tmp_path, capsys, caplog):
+    (isolated / "datasets" / "zbroken.py").write_text(
+        "import no_such_module_anywhere\nfrom bench.api import Dataset\n"
+        "class Z(Dataset):\n    name = 'zbroken'\n")
+    assert main(["run", "--method", "br", "--dataset", "all", "--folds", "2", "--no-progress"]) == 0
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--dataset all")]
+    skipped, total = map(int, re.match(r"--dataset all: skipping (\d+) of (\d+) dataset\(s\) not usable under ", line).groups())
+    assert line.startswith(f"--dataset all: skipping {skipped} of {total} dataset(s) not usable under {tmp_path / 'data'}: ")
+    assert "coco2014, voc2007, voc2012 (files absent: see `bench fetch NAME`)" in line
+    assert "nus-wide, nus-wide-features, scene, taobao (files absent: see README 'Datasets on disk')" in line
+    assert "broken: zbroken (plug-in file" in line and "no_such_module_anywhere" in line
+    stored = {p.parent.parent.name for p in (tmp_path / "results").rglob("*.json")}
+    assert stored == {"tiny", "tiny-official", "yeast", "mnist-mosaic"} and total - skipped == len(stored)
+    assert total == len(plugins.load("datasets"))  # every registered dataset, the broken one included
+
+
+def test_an_absent_dataset_named_explicitly_stays_an_error(capsys):
+    assert main(["run", "--method", "br", "--dataset", "voc2007", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "trainval.txt: image set file not found" in err
