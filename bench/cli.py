@@ -18,6 +18,7 @@ from bench import image_features, plugins
 from bench.errors import BenchError
 
 DEFAULT_DATASET = "mnist-mosaic"
+DISTRIBUTION = "bench-multilabel"  # the name pyproject.toml installs the package under
 log = logging.getLogger("bench")
 
 
@@ -66,6 +67,27 @@ class Parser(argparse.ArgumentParser):
         raise BenchError(f"{message} (see `{self.prog} --help`)")
 
 
+class VersionAction(argparse.Action):
+    """``bench --version``: the installed package's version and the code version each result records
+    (``environment["code"]``, ``git describe`` of the checkout), computed only when asked."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import importlib.metadata
+
+        from bench.runner import code_version
+
+        try:
+            package = importlib.metadata.version(DISTRIBUTION)
+        except importlib.metadata.PackageNotFoundError:
+            package = "(not installed)"
+        print(f"bench {package} ({DISTRIBUTION}); code {code_version()} (recorded in each result's "
+              f"environment; checkout {plugins.project_root()})")
+        parser.exit()
+
+
 def _add_tracking_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<results>/mlflow.db)")
@@ -91,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", type=Path, default=None,
                         help="where dataset files live (default: $BENCH_DATA_ROOT or ./data)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--version", action=VersionAction,
+                        help="print the package version and the code version results record, and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     listing = sub.add_parser("list", help="show methods and datasets",
@@ -99,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train and evaluate methods on datasets",
                          description="Run every (method, dataset, fold/seed) job not already in the store.")
-    run.add_argument("--method", required=True, help="method name(s), comma-separated, or 'all'")
+    run.add_argument("--method", default=None, help="method name(s), comma-separated, or 'all' (see `bench list`)")
     run.add_argument("--dataset", default=DEFAULT_DATASET,
                      help=f"dataset name(s), comma-separated, or 'all' (default: {DEFAULT_DATASET})")
     run.add_argument("--protocol", choices=["kfold", "official", "holdout"], default=None,
@@ -166,24 +190,26 @@ def _data_root_option(subparser: argparse.ArgumentParser) -> None:
 
 def cmd_list(args) -> int:
     """Every plug-in, one line each; one whose file fails to import says so and hides no other."""
+    methods, datasets = plugins.load("methods"), plugins.load("datasets")  # read from source: nothing imported
+    width = max(map(len, [*methods, *datasets]), default=0)  # one name column for both lists
     print(f"Methods ({', '.join(map(str, plugins.plugin_dirs('methods')))}):")
-    for name, method in plugins.load("methods").items():  # read from source: nothing imported
+    for name, method in methods.items():
         try:
-            print(f"  {name:<16} {'+'.join(sorted(method.accepts)):<15} {method.citation}")
+            print(f"  {name:<{width}} {'+'.join(sorted(method.accepts)):<15} {method.citation}")
         except BenchError as exc:
-            print(f"  {name:<16} {'broken':<15} {exc}")
+            print(f"  {name:<{width}} {'broken':<15} {exc}")
     root = args.data_root or default_data_root()
     print(f"\nDatasets (data root: {root}):")
-    for name in plugins.load("datasets"):
+    for name in datasets:
         try:
             cls = plugins.get("datasets", name)
             kind, status = ("embedded" if cls.embedded else "on disk"), _dataset_status(name, cls, root)
         except BenchError as exc:
-            print(f"  {name:<16} {'broken':<9} {exc}")
+            print(f"  {name:<{width}} {'broken':<9} {exc}")
             continue
-        print(f"  {name:<16} {kind:<9} {status}")
+        print(f"  {name:<{width}} {kind:<9} {status}")
         if cls.description:
-            print(f"  {'':<16} {cls.description.splitlines()[0]}")
+            print(f"  {'':<{width}} {cls.description.splitlines()[0]}")
     return 0
 
 
@@ -262,6 +288,9 @@ def cmd_run(args) -> int:
     from bench.store import ResultStore
     from bench.tables import to_markdown
 
+    if args.method is None:
+        raise BenchError("bench run needs --method: a method name (`br`, the binary-relevance baseline, to start), "
+                         "several comma-separated, or all; `bench list` shows them")
     data_root = args.data_root or default_data_root()
     methods = plugins.resolve_names("methods", args.method)
     datasets = plugins.resolve_names("datasets", args.dataset)

@@ -219,7 +219,8 @@ def test_bad_input_is_refused_before_any_job_in_one_line(case, tmp_path, capsys)
     (["run", "--method", "br", "--seeds", "-1"], "argument --seeds: seeds must be >= 0, got '-1'"),
     (["run", "--method", "br", "--folds", "1"], "argument --folds: expects an integer >= 2, got 1"),
     (["run", "--method", "br", "--jobs", "two"], "argument --jobs: expects an integer, got 'two'"),
-    (["run", "--dataset", "tiny"], "the following arguments are required: --method"),
+    (["run", "--dataset", "tiny"], "bench run needs --method: a method name (`br`, the binary-relevance baseline, "
+                                   "to start), several comma-separated, or all; `bench list` shows them"),
     (["run", "--method", "br", "--bogus"], "unrecognized arguments: --bogus"),
     (["frob"], "argument command: invalid choice: 'frob'"),
     ([], "the following arguments are required: command"),
@@ -537,7 +538,42 @@ def test_smoke_schedule_is_applied_on_top_of_set_and_scale_defaults():
     assert resolve(cls, {"epochs": 20}, {}).params["epochs"] == 20  # without --smoke: untouched
 
 
-# --------------------------------------------------------------------------- --dataset all
+# --------------------------------------------------------------------------- small things
+def test_version_prints_the_package_and_the_code_version_results_record(tmp_path, capsys):
+    import importlib.metadata
+
+    assert main(["run", "--method", "br", "--dataset", "tiny", "--folds", "2", "--no-progress"]) == 0
+    recorded = {r["environment"]["code"] for r in _stored(tmp_path, "br")}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and out.count("\n") == 1
+    assert out.startswith(f"bench {importlib.metadata.version('bench-multilabel')} (bench-multilabel); "
+                          f"code {recorded.pop()} ")
+
+
+def test_list_columns_fit_the_longest_name(isolated, capsys):
+    """Every name, however long (`nus-wide-features`, a plug-in's), leaves one space before its column."""
+    long_name = "a-dataset-with-a-very-long-name"
+    (isolated / "datasets" / "long.py").write_text(
+        "from bench.api import Dataset\n"
+        f"class Long(Dataset):\n    name = {long_name!r}\n    description = 'on disk, absent'\n")
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    methods_at, datasets_at = lines.index(next(x for x in lines if x.startswith("Methods"))), \
+        lines.index(next(x for x in lines if x.startswith("Datasets")))
+    entries = [x for x in lines[methods_at + 1:] if x.startswith("  ") and x.strip()]
+    named = [x for x in entries if not x.startswith("   ")]
+    assert any(x.split()[0] == "nus-wide-features" for x in named)
+    column = len(long_name) + 3  # two spaces of indent, the longest name, one space
+    for line in named:
+        name = line.split()[0]
+        assert line[:column] == f"  {name:<{len(long_name)}} " and line[column] != " ", line
+    descriptions = [x for x in lines[datasets_at + 1:] if x.startswith("   ")]
+    assert descriptions and all(x[:column].isspace() and x[column] != " " for x in descriptions)
+
+
 def test_dataset_all_names_what_it_skips_and_why_in_one_line(isolated, tmp_path, capsys, caplog):
     (isolated / "datasets" / "zbroken.py").write_text(
         "import no_such_module_anywhere\nfrom bench.api import Dataset\n"
