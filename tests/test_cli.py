@@ -86,16 +86,6 @@ def test_ci_installs_from_pypi_alone():
     assert not [r for r in requirements if "://" in r or "@" in r]  # names and version bounds only
 
 
-def test_readme_plugin_example_runs_as_documented(isolated, capsys):
-    readme = (ROOT / "README.md").read_text()
-    example = readme.split("drop\na file into `methods/`:\n\n```python\n")[1].split("```")[0]
-    (isolated / "methods" / "prior.py").write_text(example)
-    assert main(["list"]) == 0 and "prior" in capsys.readouterr().out
-    assert main(["run", "--method", "prior,br", "--dataset", "tiny", "--folds", "2", "--no-progress"]) == 0
-    out = capsys.readouterr().out
-    assert "| Metric | br | prior |" in out
-
-
 # --------------------------------------------------------------------------- light start
 HEAVY = ("torch", "torchvision", "mlflow", "scikit_posthocs", "matplotlib")
 PROBE = ("import sys; from bench.cli import main; rc = main(sys.argv[1:]); "
