@@ -220,7 +220,7 @@ def _dataset_status(name: str, cls: type, root: Path) -> str:
         return load_dataset(name, str(root)).summary()
     if cls().is_available(root):  # not loaded here: reading COCO's annotations takes a while
         return "files present under the data root"
-    hint = f"`bench fetch {name}`" if _fetchable(cls) else "README 'Datasets'"
+    hint = f"`bench fetch {name}`" if _fetchable(cls) else "README 'Datasets on disk'"
     return f"files not found under the data root (see {hint})"
 
 

@@ -575,6 +575,7 @@ def test_dataset_all_names_what_it_skips_and_why_in_one_line(isolated, tmp_path,
     assert "coco2014, voc2007, voc2012 (files absent: see `bench fetch NAME`)" in line
     assert "nus-wide, nus-wide-features, scene, taobao (files absent: see README 'Datasets on disk')" in line
     assert "broken: zbroken (plug-in file" in line and "no_such_module_anywhere" in line
+    assert "\n## Datasets on disk " in (ROOT / "README.md").read_text()  # the section the hint names
     stored = {p.parent.parent.name for p in (tmp_path / "results").rglob("*.json")}
     assert stored == {"tiny", "tiny-official", "yeast", "mnist-mosaic"} and total - skipped == len(stored)
     assert total == len(plugins.load("datasets"))  # every registered dataset, the broken one included
