@@ -11,7 +11,8 @@ command that reads an earlier one's results (``bench report`` after ``bench run`
   ``--smoke`` (the scenario's runs are smoke runs); MLflow is off. It must exit 0, except where it
   cannot work offline: ``bench fetch`` must stop with the README's one line ("cannot download ...;
   are you offline?"), and a run on a dataset whose files are not under the data root (an explicit
-  ``--data-root`` points at an empty folder here) with one line naming the missing file;
+  ``--data-root`` points at an empty folder here) with one line naming the missing file; a
+  ``--device cuda`` command runs only where torch sees a GPU;
 * every other command must be listed in :data:`NOT_RUN` with the reason it is not run here;
 * every ```` ```python ```` block runs: a plug-in file (a class deriving from ``Method`` or
   ``Dataset``) is dropped into a plug-in folder, then ``bench list`` must show it and a method is
@@ -27,6 +28,7 @@ from __future__ import annotations
 import re
 import shlex
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +170,9 @@ class Scenario:
 
     def bench(self, args: list[str], where: str) -> None:
         command = next((a for a in args if a in SUBCOMMANDS), None)
+        if (_option(args, "--device") or "").startswith("cuda") and not _has_cuda():
+            self.log.append(f"not run (needs a CUDA GPU; tests/test_cuda.py covers it where one is): {where}")
+            return
         args = list(args)
         if _has(args, "--data-root"):  # the README's own data root (e.g. /data) is not here
             value = _option(args, "--data-root")
@@ -249,6 +254,12 @@ class Scenario:
             self.bench(["run", "--method", "br", "--dataset", name], f"{where}: dataset {name!r}")
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _usable(dataset: str, root: Path) -> bool:
     cls = plugins.get("datasets", dataset)
     return cls.embedded or cls().is_available(root)
@@ -309,3 +320,11 @@ def test_a_broken_or_unlisted_readme_command_fails_naming_its_line(text, message
     [snippets] = sections(text).values()
     with pytest.raises(AssertionError, match=re.escape(message)):
         run_section(snippets, Scenario(tmp_path / "scenario", monkeypatch, capsys))
+
+
+def test_a_gpu_command_is_accounted_for_where_torch_sees_no_gpu(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys.modules[__name__], "_has_cuda", lambda: False)
+    [snippets] = sections("## GPU\n```bash\nbench run --method der --device cuda:0\n```\n").values()
+    log = run_section(snippets, Scenario(tmp_path / "scenario", monkeypatch, capsys))
+    assert log == ["not run (needs a CUDA GPU; tests/test_cuda.py covers it where one is): "
+                   "README.md:2: `bench run --method der --device cuda:0`"]
