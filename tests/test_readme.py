@@ -58,6 +58,7 @@ NOT_RUN = (
 #: The one-line errors of the commands that cannot work offline, as the README documents them.
 FETCH_OFFLINE = re.compile(r"bench: error: cannot download \S+ \(.+\); are you offline\? Put the files under \S+ "
                            r"by hand \(README, 'Datasets'\)")
+ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 FILES_ABSENT = r"bench: error: {root}/\S+: .*not found.*"
 
 
@@ -160,13 +161,20 @@ class Scenario:
     def shell(self, snippet: Snippet) -> None:
         for argv in commands(snippet):
             where = f"README.md:{snippet.line}: `{shlex.join(argv)}`"
+            env = {}
+            while argv and ENV_ASSIGNMENT.match(argv[0]):  # `BENCH_THREADS=2 bench run ...`
+                name, _, value = argv.pop(0).partition("=")
+                env[name] = value
             args = bench_args(argv)
             if args is None:
                 reason = not_run_reason(argv)
                 assert reason, f"{where} is neither a bench command nor listed in NOT_RUN with a reason"
                 self.log.append(f"not run ({reason}): {where}")
                 continue
-            self.bench(args, where)
+            with self.monkeypatch.context() as patch:
+                for name, value in env.items():
+                    patch.setenv(name, value)
+                self.bench(args, where)
 
     def bench(self, args: list[str], where: str) -> None:
         command = next((a for a in args if a in SUBCOMMANDS), None)
@@ -222,7 +230,11 @@ class Scenario:
         where = f"README.md:{snippet.line} (python)"
         path = self.folder / "snippet.py"
         path.write_text(snippet.text)
-        kinds = {kind for kind in plugins.KINDS for cls in plugins.parse(path, "snippet").classes.values()
+        try:
+            classes = plugins.parse(path, "snippet").classes.values()
+        except SyntaxError as exc:
+            pytest.fail(f"{where}: does not parse: {exc}")
+        kinds = {kind for kind in plugins.KINDS for cls in classes
                  if "name" in cls.body and cls.derives_from(plugins.KINDS[kind])}
         if not kinds:
             code = compile(snippet.text, where, "exec")
@@ -314,6 +326,8 @@ make install
 
 @pytest.mark.parametrize("text, message", [
     (BROKEN, "README.md:3: `bench run --method br --dataset yeast --set C=abc` (run as "),
+    (BROKEN.replace("bench run", "BENCH_THREADS=0 bench run").replace(" --set C=abc", ""),
+     "README.md:3: `BENCH_THREADS=0 bench run --method br --dataset yeast` (run as "),
     (UNKNOWN, "README.md:3: `make install` is neither a bench command nor listed in NOT_RUN"),
 ])
 def test_a_broken_or_unlisted_readme_command_fails_naming_its_line(text, message, tmp_path, monkeypatch, capsys):
