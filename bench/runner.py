@@ -73,6 +73,7 @@ class Job:
     extractor: str = ""  # the frozen CNN of derived feature views ("" : the dataset's own views)
     threads: int = 0  # the thread limit the job runs under (0: the cores of this machine)
     views_file: str = ""  # derived feature views extracted by the orchestrator (image_features)
+    smoke: bool = False  # bench run --smoke: a tiny schedule (bench.params.SMOKE_SCHEDULE), not a result
     # Where the worker finds plug-ins: the orchestrator's BENCH_PLUGIN_PATH (not part of the identity).
     plugin_path: str = field(default_factory=lambda: os.environ.get("BENCH_PLUGIN_PATH", ""))
     config: dict = field(init=False)
@@ -93,6 +94,8 @@ class Job:
         }
         if self.scale_defaults:  # absent when none applied, so earlier jobs keep their ids
             config["scale_defaults"] = dict(self.scale_defaults)
+        if self.smoke:  # likewise absent for real jobs; a smoke job never shares a real one's id
+            config["smoke"] = True
         digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=repr).encode()).hexdigest()
         object.__setattr__(self, "config", config)
         object.__setattr__(self, "job_id", digest[:16])
@@ -334,13 +337,14 @@ def build_jobs(
     methods: list[str], datasets: list[str], *, protocol: str | None, n_folds: int,
     seeds: tuple[int, ...] | None, overrides: dict, data_root: Path, store_root: Path,
     strict: bool = True, paper_defaults: bool = False, feature_extractor: str | None = None,
+    smoke: bool = False,
 ) -> list[Job]:
     """Every job of the grid, each hyper-parameter checked before any job runs.
 
     An incompatible (method, dataset) pair, or a method whose file fails to import, is an error
     when ``strict``, else skipped with a warning (``--method all`` over mixed datasets). A dataset's ``scale_defaults`` apply unless
     ``paper_defaults``; ``feature_extractor`` (``"resnet101@448"``) chooses the frozen CNN of
-    derived feature views."""
+    derived feature views; ``smoke`` makes smoke jobs (:data:`bench.params.SMOKE_SCHEDULE`)."""
     classes = _method_classes(methods, strict)
     params.check_override_keys(overrides, classes)
     extractor = image_features.Extractor.parse(feature_extractor) if feature_extractor else None
@@ -359,7 +363,7 @@ def build_jobs(
                     raise
                 log.warning("skipping: %s", exc)
                 continue
-            resolved = params.resolve(cls, overrides, scale)
+            resolved = params.resolve(cls, overrides, scale, smoke)
             params.validate(cls, resolved, ds_name)
             for split in splits:
                 job_params = resolved.params
@@ -367,7 +371,8 @@ def build_jobs(
                     job_params = {**job_params, "random_state": split.seed}
                 jobs.append(Job(cls.name, ds_name, job_params, resolved.overrides, split,
                                 image_features.job_fingerprint(fingerprint, views_from), str(data_root),
-                                str(store_root), resolved.scale_defaults, paper_defaults, str(views_from or "")))
+                                str(store_root), resolved.scale_defaults, paper_defaults, str(views_from or ""),
+                                smoke=smoke))
     return jobs
 
 
