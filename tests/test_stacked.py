@@ -181,3 +181,66 @@ def test_cuda_graph_replays_give_the_eager_stacked_weights():
     for a, b, s in zip(eager, graphed, splits, strict=True):
         np.testing.assert_allclose(b.predict_scores(data.subset(s.test)), a.predict_scores(data.subset(s.test)),
                                    rtol=1e-4, atol=1e-5)
+
+
+def rmlc_jobs(tmp_path, store="results", folds=3):
+    from bench.runner import build_jobs, parse_overrides
+
+    overrides = parse_overrides(["hidden=8", "epochs=5", "patience=2", "val_fraction=0.25", "batch_size=16",
+                                 "device=cpu"])
+    return build_jobs(["rmlc"], ["tiny"], protocol="kfold", n_folds=folds, seeds=None, overrides=overrides,
+                      data_root=tmp_path / "data", store_root=tmp_path / store)
+
+
+def test_a_stacked_run_stores_one_record_per_fold_as_separate_jobs_do(tmp_path):
+    """The runner groups the folds into one task and still stores a record per fold, with the
+    job ids, metrics and histories of the unstacked run; a rerun trains only the missing fold."""
+    from bench.runner import group_jobs, run_jobs
+    from bench.store import ResultStore
+
+    separate = run_jobs(rmlc_jobs(tmp_path, "a"), progress=False, stack_folds="off")
+    jobs = rmlc_jobs(tmp_path, "b")
+    assert [len(t) for t in group_jobs(jobs, stack=True)] == [3]
+    stacked = run_jobs(jobs, progress=False, stack_folds="on")
+    assert not separate.failures and not stacked.failures and stacked.ran == 3
+    by_id = {r["job_id"]: r for r in separate.records}
+    assert set(by_id) == {r["job_id"] for r in stacked.records}
+    for rec in stacked.records:
+        alone = by_id[rec["job_id"]]
+        assert rec["timings"]["stacked_folds"] == 3 and "stacked_folds" not in alone["timings"]
+        assert [h["epoch"] for h in rec["history"]] == [h["epoch"] for h in alone["history"]]
+        for metric, value in alone["metrics"].items():
+            assert rec["metrics"][metric] == pytest.approx(value, rel=1e-4, abs=1e-6, nan_ok=True), metric
+    store = ResultStore(tmp_path / "b")
+    victim = stacked.records[1]
+    (tmp_path / "b" / "tiny" / "rmlc" / f"{victim['job_id']}.json").unlink()
+    rerun = run_jobs(rmlc_jobs(tmp_path, "b"), progress=False, stack_folds="on")
+    assert (rerun.ran, rerun.skipped) == (1, 2)
+    assert store.load("tiny", "rmlc", victim["job_id"]) is not None
+
+
+def test_a_failed_stacked_group_reports_every_fold(tmp_path, monkeypatch):
+    import bench.stacked
+    from bench.runner import run_jobs
+
+    def fail(*args, **kwargs):
+        raise BenchError("stacked training broke")
+
+    monkeypatch.setattr(bench.stacked, "fit_folds", fail)
+    summary = run_jobs(rmlc_jobs(tmp_path), progress=False, stack_folds="on")
+    assert summary.ran == 3 and len(summary.failures) == 3
+    assert {f["error"] for f in summary.failures} == {"stacked training broke"}
+    assert len({f["job_id"] for f in summary.failures}) == 3
+    assert not list((tmp_path / "results").rglob("*.json"))
+
+
+def test_grouping_follows_the_option_and_the_method(tmp_path):
+    from bench.runner import build_jobs, group_jobs, run_jobs
+
+    jobs = rmlc_jobs(tmp_path)
+    assert [len(t) for t in group_jobs(jobs, stack=False)] == [1, 1, 1]
+    br = build_jobs(["br"], ["tiny"], protocol="kfold", n_folds=3, seeds=None, overrides={},
+                    data_root=tmp_path / "data", store_root=tmp_path / "results")
+    assert [len(t) for t in group_jobs(br + jobs, stack=True)] == [1, 1, 1, 3]  # br has no stacked hooks
+    with pytest.raises(BenchError, match="--stack-folds must be one of"):
+        run_jobs(jobs, stack_folds="yes")
