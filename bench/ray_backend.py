@@ -76,7 +76,7 @@ def dispatch(tasks: list, run: Callable, *, device: str, on_result: Callable, ad
         from bench import backends
 
         gpu_mb = max(backends.gpu_inventory().values(), default=ASSUMED_GPU_MB)
-        remote = ray.remote(_run_on_ray).options(max_retries=MAX_RETRIES, retry_exceptions=False)
+        remote = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(_run_on_ray)
         pending = {}
         for task in tasks:
             share = gpu_share(memory_mb(task), gpu_mb) if device.startswith("cuda") else 0.0
