@@ -289,6 +289,10 @@ class RMLC(DeepMethod):
                 "Multi-modal Multi-label Learning (RMLC)")
     #: rows per forward pass at prediction (bounds memory on big test sets; not a hyper-parameter)
     eval_batch_size: ClassVar[int] = 8192
+    #: GPU memory one job needs, CUDA context included (bench.backends: small jobs share a GPU). At
+    #: MSRA's size the data on the device take ~55 MB and the network a few MB; a worker's CUDA
+    #: context ~0.5 GB.
+    gpu_memory_mb: ClassVar[int] = 2048
 
     def __init__(self, lam: float = 0.1, batch_size: int = 64, hidden: int = 256, lr: float = 1e-3,
                  epochs: int = 100, val_fraction: float = 0.1, patience: int | None = 10,
