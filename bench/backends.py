@@ -172,9 +172,10 @@ def device_pool(device: str, needs: dict[str, int | None], inventory: dict[str, 
 
 class DevicePool:
     """Which GPU each running task holds, shared by the workers (``held``: a Manager dict
-    task key -> [device, MB], ``lock``: a Manager lock). A task with a declared need goes to the
-    first GPU where it fits beside the tasks there; one without holds a GPU alone; a task waits
-    while none has room (one needing more than a whole GPU waits for an empty one)."""
+    task key -> [device, MB, co-tenant keys], ``lock``: a Manager lock). A task with a declared
+    need goes to the first GPU where it fits beside the tasks there; one without holds a GPU
+    alone; a task waits while none has room (one needing more than a whole GPU waits for an empty
+    one). Every task on a GPU is recorded as a co-tenant of every other task there."""
 
     POLL_S = 0.05
 
@@ -184,7 +185,7 @@ class DevicePool:
         self.inventory, self.needs, self.held, self.lock = dict(inventory), dict(needs), held, lock
 
     def _room(self, device: str, need: int | None) -> bool:
-        tenants = [mb for dev, mb in self.held.values() if dev == device]
+        tenants = [mb for dev, mb, _ in self.held.values() if dev == device]
         capacity = self.inventory[device] * GPU_MEMORY_SHARE
         if need is None or need > capacity or any(mb is None for mb in tenants):
             return not tenants
@@ -196,7 +197,11 @@ class DevicePool:
             with self.lock:
                 for device in self.inventory:
                     if self._room(device, need):
-                        self.held[key] = [device, need]
+                        others = [k for k, (dev, _, _) in self.held.items() if dev == device]
+                        for other in others:  # (a Manager dict's values are copies: reassign)
+                            dev, mb, seen = self.held[other]
+                            self.held[other] = [dev, mb, [*seen, key]]
+                        self.held[key] = [device, need, others]
                         return device
             time.sleep(self.POLL_S)
 
@@ -204,11 +209,11 @@ class DevicePool:
         with self.lock:
             self.held.pop(key, None)
 
-    def tenants(self, device: str, key: str) -> set[str]:
-        """The other tasks' job ids on ``device`` now."""
+    def co_tenants(self, key: str) -> set[str]:
+        """The job ids of every other task that held ``key``'s GPU while it did (so far)."""
         with self.lock:
-            return {job_id for other, (dev, _) in self.held.items() if dev == device and other != key
-                    for job_id in other.split(",")}
+            _, _, seen = self.held.get(key, [None, None, []])
+        return {job_id for other in seen for job_id in other.split(",")}
 
 
 class Lease:
@@ -216,15 +221,13 @@ class Lease:
 
     def __init__(self, device: str, pool: DevicePool | None = None, key: str = ""):
         self.device, self.pool, self.key = device, pool, key
-        self.co_tenants = pool.tenants(device, key) if pool else set()
 
     def describe(self) -> dict:
-        """What the record's environment says about the device: the co-tenants (at the task's
-        start and end), the declared and the peak GPU memory."""
+        """What the record's environment says about the device: the co-tenants, the declared and
+        the peak GPU memory."""
         out = {}
         if self.pool is not None:
-            self.co_tenants |= self.pool.tenants(self.device, self.key)
-            out["co_tenants"] = sorted(self.co_tenants)
+            out["co_tenants"] = sorted(self.pool.co_tenants(self.key))
             if self.pool.needs.get(self.key) is not None:
                 out["gpu_memory_declared_mb"] = self.pool.needs[self.key]
         torch = sys.modules.get("torch")

@@ -49,9 +49,9 @@ def _run_on_ray(run: Callable, task, device: str, gpu_fraction: float):
     """The body of a Ray task: ``run`` on the GPU Ray gave it (or the CPU), with where it ran."""
     import ray
 
-    results = run(task, "cuda:0" if device.startswith("cuda") else device)
+    results = run(task, "cuda:0" if gpu_fraction else "cpu")
     where = {"ray_node": ray.get_runtime_context().get_node_id(), "ray_pid": os.getpid()}
-    if device.startswith("cuda"):
+    if gpu_fraction:
         where.update(ray_gpu_ids=[str(g) for g in ray.get_gpu_ids()], gpu_fraction=gpu_fraction)
     for record, _ in results:
         if "environment" in record:
@@ -79,7 +79,8 @@ def dispatch(tasks: list, run: Callable, *, device: str, on_result: Callable, ad
         remote = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(_run_on_ray)
         pending = {}
         for task in tasks:
-            share = gpu_share(memory_mb(task), gpu_mb) if device.startswith("cuda") else 0.0
+            wants_gpu = device.startswith("cuda") and "device" in task[0].params  # a method using torch
+            share = gpu_share(memory_mb(task), gpu_mb) if wants_gpu else 0.0
             ref = remote.options(num_cpus=max(1, task[0].threads), num_gpus=share).remote(run, task, device, share)
             pending[ref] = task
         while pending:

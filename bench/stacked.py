@@ -30,8 +30,9 @@ A method supports this by defining three methods (RMLC does, :mod:`methods.rmlc`
 ``stacked_module()`` (the module whose parameters are stacked), ``stacked_inputs(train)`` (the
 training part's inputs as the update reads them, a tuple of [n, ...] tensors on the device) and
 ``stacked_update(stack, optimizer, xs, y, mask, active)`` (one batch's update for every fold:
-returns the per-fold loss [k] and loss terms {name: [k]}). It must train in one stage, without an
-EMA or step callbacks (:func:`check_supported`).
+returns the per-fold loss [k] and loss terms {name: [k]}). It must train in one stage with Adam at
+its ``lr`` (torch's default betas and eps: :class:`FoldAdam`), without an EMA or callbacks
+(:func:`check_supported`).
 
 CUDA graphs (``cuda_graph=True``, CUDA only; on the CPU it is ignored): after a few eager warm-up
 batches, the whole per-batch update of the running folds (forward, backward and fused Adam steps,
@@ -271,15 +272,19 @@ def _train(methods, vals, fit_parts, stack: StackedFolds, updates: _Updates, xs_
             index_batches.append(batches[:cap] if cap else batches)
         sums: dict[str, torch.Tensor] = {}
         counts = np.zeros(k, dtype=np.int64)
-        for index, mask, active in padded_batches(index_batches, int(first.batch_size)):
-            index_t = torch.as_tensor(index, device=device)
-            xs = tuple(x[folds, index_t] for x in xs_all)
-            total, terms = updates(xs, y_all[folds, index_t], torch.as_tensor(mask, dtype=xs_all[0].dtype,
-                                                                                 device=device), active, running)
-            on = torch.zeros(k, dtype=torch.bool, device=device)
-            on[active] = True
+        batches = padded_batches(index_batches, int(first.batch_size))
+        if not batches:
+            raise BenchError("training: an epoch produced no batch (empty training set?)")
+        # one host-to-device copy per epoch of every batch's rows, masks and active folds
+        index_all = torch.as_tensor(np.stack([b[0] for b in batches]), device=device)
+        mask_all = torch.as_tensor(np.stack([b[1] for b in batches]), dtype=xs_all[0].dtype, device=device)
+        on_all = torch.as_tensor(np.stack([np.isin(np.arange(k), b[2]) for b in batches]), device=device)
+        for b, (_, _, active) in enumerate(batches):
+            index = index_all[b]
+            total, terms = updates(tuple(x[folds, index] for x in xs_all), y_all[folds, index], mask_all[b],
+                                   active, running)
             for name, value in {"loss": total, **terms}.items():  # summed on the device: one sync per epoch
-                value = torch.where(on, value.detach(), 0).double()
+                value = torch.where(on_all[b], value.detach(), 0).double()
                 sums[name] = sums[name] + value if name in sums else value
             counts[active] += 1
         means = {name: (v.cpu().numpy() / np.maximum(counts, 1)) for name, v in sums.items()}

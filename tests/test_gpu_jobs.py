@@ -17,7 +17,9 @@ from bench.runner import build_jobs, run_jobs
 # A method that runs out of GPU memory above MAX_BATCH (torch.cuda.OutOfMemoryError, raised on the
 # CPU), one that does without a batch size, and one that declares its GPU memory and takes a while.
 FAKES = '''
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -68,7 +70,12 @@ class Tenant(_Prior):
         self.random_state = random_state
 
     def fit(self, train, val=None):
-        time.sleep(0.6)
+        # wait (at most 20 s) until the other job has started too: the two run at the same time
+        here = Path(__file__).parent
+        (here / f"started-{os.getpid()}").touch()
+        deadline = time.monotonic() + 20
+        while len(list(here.glob("started-*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
         self.prior_ = train.Y.mean(axis=0)
         return self
 '''
@@ -115,7 +122,7 @@ def pool(inventory, needs):
 def test_the_device_pool_places_jobs_by_declared_memory():
     p = pool({"cuda:0": 1000, "cuda:1": 1000}, {"a": 400, "b": 400, "c": 400, "big": None})
     assert [p.acquire(k) for k in ("a", "b", "c")] == ["cuda:0", "cuda:0", "cuda:1"]  # 2 x 400 fit in 90%
-    assert p.tenants("cuda:0", "a") == {"b"}
+    assert p.co_tenants("a") == {"b"} and p.co_tenants("b") == {"a"} and p.co_tenants("c") == set()
     got = []
     waiter = threading.Thread(target=lambda: got.append(p.acquire("big")))  # needs an empty GPU
     waiter.start()
@@ -124,7 +131,9 @@ def test_the_device_pool_places_jobs_by_declared_memory():
     p.release("c")
     waiter.join(timeout=5)
     assert got == ["cuda:1"]
-    assert p.tenants("cuda:1", "x") == {"big"}
+    p.release("b")
+    assert p.co_tenants("a") == {"b"}, "a co-tenant that left is still recorded"
+    assert p.co_tenants("big") == set()
     p2 = pool({"cuda:0": 1000}, {"lone": None, "small": 10})
     assert p2.acquire("lone") == "cuda:0"
     t = threading.Thread(target=p2.acquire, args=("small",), daemon=True)
@@ -137,17 +146,16 @@ def test_the_device_pool_places_jobs_by_declared_memory():
 
 
 def test_small_jobs_share_a_gpu_and_records_name_device_and_co_tenants(fakes, tmp_path, monkeypatch):
-    """Two workers, four jobs of 300 MB on a fake 1,000 MB GPU: they run two at a time on cuda:0,
-    each record naming the device and the job it shared it with."""
+    """Two workers, two jobs of 300 MB on a fake 1,000 MB GPU, each waiting for the other to start:
+    they run together on cuda:0, each record naming the device and the job it shared it with."""
     monkeypatch.setattr(backends, "gpu_inventory", lambda: {"cuda:0": 1000})
-    summary = run_jobs(jobs(tmp_path, "tenant", folds=4), device="cuda", n_jobs=2, progress=False)
-    assert not summary.failures and summary.ran == 4
-    ids = {r["job_id"] for r in summary.records}
-    for rec in summary.records:
+    summary = run_jobs(jobs(tmp_path, "tenant", folds=2), device="cuda", n_jobs=2, progress=False)
+    assert not summary.failures and summary.ran == 2
+    first, second = summary.records
+    for rec, other in ((first, second), (second, first)):
         env = rec["environment"]
         assert env["device"] == "cuda:0" and env["gpu_memory_declared_mb"] == 300
-        assert set(env["co_tenants"]) <= ids - {rec["job_id"]}
-    assert any(r["environment"]["co_tenants"] for r in summary.records)
+        assert env["co_tenants"] == [other["job_id"]]
 
 
 def test_cpu_fallback_without_a_gpu(monkeypatch):
