@@ -4,11 +4,14 @@ A job is one (method, resolved hyper-parameters, dataset@fingerprint, protocol, 
 id is the hash of that full configuration plus the digest of the split's indices. Jobs already in
 the results store are skipped, so an interrupted command resumes where it stopped; ``force``
 re-runs them. Hyper-parameters are resolved and validated in :mod:`bench.params`, and jobs run
-through :mod:`bench.backends` (in-process or loky workers, thread limits, devices).
+through :mod:`bench.backends` (in-process, loky workers or Ray tasks; thread limits, devices).
 
 A job carries only plain data (names, parameters, indices); the worker re-reads the plug-in by
-name, so no dynamically imported class ever needs pickling. Each worker writes its own result
-files (atomically, one job per file pair) and returns the record to the orchestrator. Derived
+name, so no dynamically imported class ever needs pickling. A task is one job, or the pending
+folds of a method that trains them together (:func:`group_jobs`, :mod:`bench.stacked`); a worker
+returns each job's record and arrays, and this process alone writes them to the results store
+(atomically, one job per file pair) and hands the record on (MLflow). A job that runs out of GPU
+memory is retried once at half its ``batch_size`` (:func:`_fit_retrying_oom`). Derived
 views (features of a frozen CNN for a feature-only method on an image-only dataset) are prepared
 here once per dataset before any job starts (:mod:`bench.image_features`).
 """
