@@ -150,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "steps_per_epoch=2 where a method has them) over --set and the dataset's settings; "
                           "smoke jobs are stored apart from real ones, shown by `bench report --smoke` only "
                           "(tables in <reports>/smoke), and not logged to MLflow")
+    run.add_argument("--stack-folds", choices=["auto", "on", "off"], default="auto",
+                     help="train the folds of a method that supports it (RMLC) as one stacked model; auto: on "
+                          "CUDA (default: auto)")
+    run.add_argument("--backend", choices=["local", "ray"], default="local",
+                     help="where jobs run: this machine's processes, or Ray tasks (pip install -e '.[ray]')")
+    run.add_argument("--address", default=None,
+                     help="--backend ray: the address of an existing Ray cluster (default: a local one)")
     run.add_argument("--force", action="store_true", help="re-run jobs that are already in the store")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_tracking_options(run)
@@ -308,7 +315,8 @@ def cmd_run(args) -> int:
         raise BenchError("no job to run: no selected method accepts the selected datasets' views")
     tracker = _tracker(args, store_root)
     summary = run_jobs(jobs, device=args.device, n_jobs=args.jobs, threads=_threads(args), force=args.force,
-                       progress=not args.no_progress, on_record=tracker.log_job if tracker else None)
+                       progress=not args.no_progress, on_record=tracker.log_job if tracker else None,
+                       stack_folds=args.stack_folds, backend=args.backend, address=args.address)
     print(f"{summary.ran} job(s) run, {summary.skipped} already in {store_root} (use --force to re-run)")
 
     # Every stored run on these datasets, read once, on the data as this run saw it.
