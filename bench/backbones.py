@@ -201,6 +201,22 @@ def _resolve_weights(name: str, pretrained: bool | str):
     raise BenchError(f"backbone {name!r}: pretrained must be true, false or one of {', '.join(tags)}; got {pretrained!r}")
 
 
+def classifier_state_dict(name: str, pretrained: bool | str = True) -> dict[str, torch.Tensor]:
+    """The ImageNet weights of the classifier head that :func:`build_backbone` drops, from the same
+    checkpoint (``"classifier.*"`` entries of a torchvision model: VGG's fc6, fc7, fc8 as
+    ``classifier.0``, ``.3``, ``.6``), for a method that keeps some of those layers (RETDM keeps
+    VGG-16's fc6). ``{}`` without weights (``pretrained=False``) or for ``small-cnn`` /
+    ``efficientnet-lite0``; a missing checkpoint is the same one-line error as for the trunk."""
+    if name.replace("_", "-") in (SMALL_CNN, "smallcnn", EFFICIENTNET_LITE0):
+        return {}
+    weights = _resolve_weights(name, pretrained)
+    if weights is None:
+        return {}
+    path = ensure_checkpoint(name, weights)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v for k, v in state.items() if k.startswith("classifier.")}
+
+
 def checkpoint_path(url: str) -> Path:
     """Where torch's hub cache keeps the file of ``url`` (what torchvision's loader looks up)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
