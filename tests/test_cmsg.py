@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import pickle
 import socket
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +18,6 @@ import torch.nn.functional as F
 from conftest import plugin_module
 
 from bench import label_embeddings as le
-from bench.api import NoClassMaps
 from bench.data import ImageView, MultiLabelData
 from bench.errors import BenchError
 from bench.training import EMA
@@ -294,17 +294,28 @@ def test_bad_settings_are_refused_before_any_work(cmsg, tmp_path):
     cmsg.CMSGNoSGA()._check_params()                       # no graph: no embedding to check
 
 
-def test_ablations_switch_the_modules_off(cmsg):
+def test_ablations_switch_the_modules_off(cmsg, tmp_path):
+    path = tmp_path / "glove.txt"
+    path.write_text(GLOVE)
     data = tiny_images()
-    no_saa = cmsg.CMSGNoSAA(**TINY).fit(data)
-    assert len(no_saa.head_.saa) == 0 and len(no_saa.head_.sga) == 1 and no_saa.correlation_ is not None
-    np.testing.assert_allclose(no_saa.class_maps(data).reshape(24, 4, -1).sum(-1), 1, atol=1e-5)
-    no_sga = cmsg.CMSGNoSGA(**TINY).fit(data)
-    assert len(no_sga.head_.sga) == 0 and no_sga.correlation_ is None and no_sga.head_.correlation is None
-    no_corr = cmsg.CMSGNoCorrelation(**TINY).fit(data)
-    assert len(no_corr.head_.sga) == 1 and no_corr.head_.correlation is None
-    baseline = cmsg.CMSGBaseline(**TINY).fit(data)
-    assert isinstance(baseline.head_.fc, torch.nn.Linear)
-    with pytest.raises(NoClassMaps):
-        baseline.class_maps(data)
+    encoder = SimpleNamespace(width=16, grid=(2, 3))
+    tokens = torch.randn(2, 6, 16)
+
+    def head(method):
+        method.setup(data)
+        return method.build_head(encoder, 4).eval()
+
+    no_saa = head(cmsg.CMSGNoSAA(label_embedding=str(path)))
+    assert len(no_saa.saa) == 0 and len(no_saa.sga) == 1 and no_saa.correlation is not None
+    maps = no_saa(tokens)["class_maps"]                  # without SAA: the class-specific attention a_c
+    assert maps.shape == (2, 4, 6)
+    torch.testing.assert_close(maps.sum(-1), torch.ones(2, 4))
+    no_sga = head(cmsg.CMSGNoSGA())
+    assert len(no_sga.sga) == 0 and len(no_sga.saa) == 1 and no_sga.correlation is None
+    no_corr = head(cmsg.CMSGNoCorrelation())
+    assert len(no_corr.sga) == 1 and len(no_corr.saa) == 1 and no_corr.correlation is None
+    baseline = head(cmsg.CMSGBaseline())
+    assert isinstance(baseline.fc, torch.nn.Linear) and set(baseline(tokens)) == {"logits"}  # no maps
+    full = head(cmsg.CMSG(label_embedding=str(path)))
+    assert len(full.sga) == 1 and len(full.saa) == 1 and full.correlation is not None
     assert "label_embedding" not in cmsg.CMSGNoSGA().get_params() and "heads" not in cmsg.CMSGBaseline().get_params()
