@@ -154,53 +154,42 @@ class ClassSpecificFeatures(nn.Module):
         return maps @ tokens, maps
 
 
-class FeedForward(nn.Module):
-    """The Transformer's position-wise FFN: Linear -> ReLU -> dropout -> Linear."""
-
-    def __init__(self, width: int, hidden: int, dropout: float):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, width))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class MaskedSelfAttentionLayer(nn.Module):
-    """One SGA layer: z = LN(f + MHMA(f)), out = LN(z + FFN(z)); MHMA is multi-head self-attention
-    among the labels with the additive score mask ``bias`` [L, L] (:func:`attention_bias`; None:
-    unmasked)."""
+class AttentionLayer(nn.Module):
+    """Multi-head attention followed by the Transformer's FFN, each with a residual connection and
+    LayerNorm (post-norm): z = LN(f + Attention(f, ...)), out = LN(z + FFN(z)), FFN = Linear ->
+    ReLU -> dropout -> Linear. The subclasses say what the labels attend to."""
 
     def __init__(self, width: int, heads: int, ffn_dim: int, dropout: float):
         super().__init__()
         self.attention = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
         self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.ffn = FeedForward(width, ffn_dim, dropout)
+        self.ffn = nn.Sequential(nn.Linear(width, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, width))
         self.dropout = nn.Dropout(dropout)
+
+    def residual_ffn(self, features: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        z = self.norm1(features + self.dropout(attended))
+        return self.norm2(z + self.dropout(self.ffn(z)))
+
+
+class MaskedSelfAttentionLayer(AttentionLayer):
+    """One SGA layer: MHMA, multi-head self-attention among the labels with the additive score
+    mask ``bias`` [L, L] (:func:`attention_bias`; None: unmasked), then the FFN."""
 
     def forward(self, features: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if bias is not None:
             bias = bias.to(features.dtype)
         attended, _ = self.attention(features, features, features, attn_mask=bias, need_weights=False)
-        z = self.norm1(features + self.dropout(attended))
-        return self.norm2(z + self.dropout(self.ffn(z)))
+        return self.residual_ffn(features, attended)
 
 
-class CrossAttentionLayer(nn.Module):
-    """One SAA layer: z = LN(f + MHCA(f, X + P, X)), out = LN(z + FFN(z)); also returns the
-    attention of each label over the positions, averaged over the heads, [B, L, N]."""
-
-    def __init__(self, width: int, heads: int, ffn_dim: int, dropout: float):
-        super().__init__()
-        self.attention = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
-        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.ffn = FeedForward(width, ffn_dim, dropout)
-        self.dropout = nn.Dropout(dropout)
+class CrossAttentionLayer(AttentionLayer):
+    """One SAA layer: MHCA(f, X + P, X), the labels attending to the positions, then the FFN; also
+    returns the attention of each label over the positions, averaged over the heads, [B, L, N]."""
 
     def forward(self, features: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         attended, weights = self.attention(features, keys, values, need_weights=True, average_attn_weights=True)
-        z = self.norm1(features + self.dropout(attended))
-        return self.norm2(z + self.dropout(self.ffn(z))), weights
+        return self.residual_ffn(features, attended), weights
 
 
 class PerClassClassifier(nn.Module):
