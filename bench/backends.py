@@ -15,8 +15,17 @@ all of its threads at every call: on the shared 2-core VM at load 5, ten folds o
 ``mnist-mosaic`` took 17 s with one BLAS thread and 340 s with two, and one logistic-regression fit
 0.13 s against 2.8 s.
 
-Devices. ``device="cuda"`` with several workers hands each running job one GPU token from a
-shared queue, so no two jobs share a GPU unless there are more workers than GPUs.
+Devices. ``device="cuda"`` with several workers: a :class:`DevicePool` shared with the workers
+places each running task on a GPU. A method that declares the GPU memory one of its jobs needs
+(the class attribute ``gpu_memory_mb``; :func:`declared_memory`) shares a GPU with other jobs
+while their declared memory fits in :data:`GPU_MEMORY_SHARE` of it, so ``--jobs 10`` runs ten
+small jobs on one GPU; a job that declares nothing holds a GPU alone. Without a GPU every job runs
+on the CPU. Each record's environment names its device and its co-tenants (the jobs that held the
+same GPU while it ran) and its peak GPU memory.
+
+Backends: "local" (this process, or ``n_jobs`` loky workers) and "ray" (:mod:`bench.ray_backend`).
+Either way the workers only compute: each task's results come back to the orchestrating process,
+which alone writes the results store and MLflow (:func:`bench.runner.run_jobs`).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 
 from bench.errors import BenchError
@@ -83,20 +93,60 @@ def thread_limits(threads: int) -> Iterator[dict]:
                 torch.set_num_threads(torch_before)
 
 
-def dispatch(tasks: list, run: Callable, *, device: str, n_jobs: int, on_result: Callable) -> None:
-    """``run(task, device_or_tokens)`` for every task, in this process (``n_jobs=1``) or in
-    ``n_jobs`` loky workers; ``on_result`` is called here, in the orchestrating process, as each
-    result arrives."""
+BACKENDS = ("local", "ray")
+#: The part of a GPU's memory that jobs' declared needs may fill (the rest: CUDA contexts, fragmentation).
+GPU_MEMORY_SHARE = 0.9
+
+
+def gpu_inventory() -> dict[str, int]:
+    """``{"cuda:i": total memory in MB}`` of the GPUs torch sees (empty without CUDA)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        try:
+            import torch
+        except ImportError:
+            return {}
+    if not torch.cuda.is_available():
+        return {}
+    return {f"cuda:{i}": torch.cuda.get_device_properties(i).total_memory // 2**20
+            for i in range(torch.cuda.device_count())}
+
+
+def declared_memory(cls) -> int | None:
+    """The GPU memory (MB) a method declares one job needs (``gpu_memory_mb``), or None."""
+    value = getattr(cls, "gpu_memory_mb", None)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise BenchError(f"method {getattr(cls, 'name', cls)!r}: gpu_memory_mb must be a positive integer (MB), "
+                         f"got {value!r}")
+    return value
+
+
+def dispatch(tasks: list, run: Callable, *, device: str, n_jobs: int, on_result: Callable, backend: str = "local",
+             address: str | None = None, memory_mb: Callable = lambda task: None) -> None:
+    """``run(task, device_or_pool)`` for every task, in this process (``n_jobs=1``), in ``n_jobs``
+    loky workers, or as Ray tasks; ``on_result`` is called here, in the orchestrating process, as
+    each result arrives. ``memory_mb(task)``: the GPU memory the task declares (None: a whole GPU)."""
+    if backend == "ray":
+        from bench import ray_backend
+
+        ray_backend.dispatch(tasks, run, device=device, on_result=on_result, address=address, memory_mb=memory_mb)
+        return
     if n_jobs == 1:
         for task in tasks:
             on_result(run(task, single_device(device)))
         return
     from joblib import Parallel, delayed
 
-    with device_tokens(device, n_jobs) as tokens:
+    with device_pool(device, {_task_key(t): memory_mb(t) for t in tasks}) as pool:
         parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
-        for result in parallel(delayed(run)(task, tokens) for task in tasks):
+        for result in parallel(delayed(run)(task, pool) for task in tasks):
             on_result(result)
+
+
+def _task_key(task) -> str:
+    return ",".join(job.job_id for job in task)
 
 
 def single_device(device: str) -> str:
@@ -105,32 +155,102 @@ def single_device(device: str) -> str:
 
 
 @contextlib.contextmanager
-def device_tokens(device: str, n_jobs: int):
-    """A queue of device names shared with workers: one token per concurrently running job."""
-    if device != "cuda":
+def device_pool(device: str, needs: dict[str, int | None], inventory: dict[str, int] | None = None):
+    """A :class:`DevicePool` shared with the workers for ``device`` "cuda" / "cuda:N" (``needs``:
+    task key -> declared MB); the plain device name otherwise."""
+    if not device.startswith("cuda"):
         yield device
         return
     import multiprocessing
 
-    import torch
-
-    n_gpus = torch.cuda.device_count()
+    inventory = gpu_inventory() if inventory is None else inventory
+    if device != "cuda":
+        inventory = {device: inventory.get(device, 0)}
     with multiprocessing.Manager() as manager:
-        queue = manager.Queue()
-        for i in range(n_jobs):
-            queue.put(f"cuda:{i % n_gpus}")
-        yield queue
+        yield DevicePool(inventory, needs, manager.dict(), manager.Lock())
+
+
+class DevicePool:
+    """Which GPU each running task holds, shared by the workers (``held``: a Manager dict
+    task key -> [device, MB, co-tenant keys], ``lock``: a Manager lock). A task with a declared
+    need goes to the first GPU where it fits beside the tasks there; one without holds a GPU
+    alone; a task waits while none has room (one needing more than a whole GPU waits for an empty
+    one). Every task on a GPU is recorded as a co-tenant of every other task there."""
+
+    POLL_S = 0.05
+
+    def __init__(self, inventory: dict[str, int], needs: dict[str, int | None], held, lock):
+        if not inventory:
+            raise BenchError("device cuda: no GPU to place jobs on")
+        self.inventory, self.needs, self.held, self.lock = dict(inventory), dict(needs), held, lock
+
+    def _room(self, device: str, need: int | None) -> bool:
+        tenants = [mb for dev, mb, _ in self.held.values() if dev == device]
+        capacity = self.inventory[device] * GPU_MEMORY_SHARE
+        if need is None or need > capacity or any(mb is None for mb in tenants):
+            return not tenants
+        return sum(tenants) + need <= capacity
+
+    def acquire(self, key: str) -> str:
+        need = self.needs.get(key)
+        while True:
+            with self.lock:
+                for device in self.inventory:
+                    if self._room(device, need):
+                        others = [k for k, (dev, _, _) in self.held.items() if dev == device]
+                        for other in others:  # (a Manager dict's values are copies: reassign)
+                            dev, mb, seen = self.held[other]
+                            self.held[other] = [dev, mb, [*seen, key]]
+                        self.held[key] = [device, need, others]
+                        return device
+            time.sleep(self.POLL_S)
+
+    def release(self, key: str) -> None:
+        with self.lock:
+            self.held.pop(key, None)
+
+    def co_tenants(self, key: str) -> set[str]:
+        """The job ids of every other task that held ``key``'s GPU while it did (so far)."""
+        with self.lock:
+            _, _, seen = self.held.get(key, [None, None, []])
+        return {job_id for other in seen for job_id in other.split(",")}
+
+
+class Lease:
+    """The device a task holds, and (on a shared GPU) the tasks it shared it with."""
+
+    def __init__(self, device: str, pool: DevicePool | None = None, key: str = ""):
+        self.device, self.pool, self.key = device, pool, key
+
+    def describe(self) -> dict:
+        """What the record's environment says about the device: the co-tenants, the declared and
+        the peak GPU memory."""
+        out = {}
+        if self.pool is not None:
+            out["co_tenants"] = sorted(self.pool.co_tenants(self.key))
+            if self.pool.needs.get(self.key) is not None:
+                out["gpu_memory_declared_mb"] = self.pool.needs[self.key]
+        torch = sys.modules.get("torch")
+        if torch is not None and self.device.startswith("cuda") and torch.cuda.is_available():
+            out["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated(torch.device(self.device)) / 2**20, 1)
+        return out
 
 
 @contextlib.contextmanager
-def holding(device) -> Iterator[str]:
-    """The device a job runs on: a plain name, or a token taken from (and returned to) a queue."""
-    token = device.get() if hasattr(device, "get") else device
+def holding(device, job_ids: list[str]) -> Iterator[Lease]:
+    """The device a task runs on: a plain name, or one placed by a :class:`DevicePool`."""
+    if not isinstance(device, DevicePool):
+        yield Lease(device)
+        return
+    key = ",".join(job_ids)
+    name = device.acquire(key)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats(torch.device(name))
     try:
-        yield token
+        yield Lease(name, device, key)
     finally:
-        if hasattr(device, "put"):
-            device.put(token)
+        device.release(key)
 
 
 def resolve_device(device: str, needs_torch: bool) -> str:
@@ -139,9 +259,7 @@ def resolve_device(device: str, needs_torch: bool) -> str:
         raise BenchError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
     if device == "cpu" or (device == "auto" and not needs_torch):
         return "cpu"
-    import torch
-
-    if not torch.cuda.is_available():
+    if not gpu_inventory():
         if device == "auto":
             return "cpu"
         raise BenchError(f"--device {device}: torch sees no CUDA device on this machine")

@@ -18,6 +18,7 @@ from bench import image_features, plugins
 from bench.errors import BenchError
 
 DEFAULT_DATASET = "mnist-mosaic"
+DISTRIBUTION = "bench-multilabel"  # the name pyproject.toml installs the package under
 log = logging.getLogger("bench")
 
 
@@ -66,6 +67,27 @@ class Parser(argparse.ArgumentParser):
         raise BenchError(f"{message} (see `{self.prog} --help`)")
 
 
+class VersionAction(argparse.Action):
+    """``bench --version``: the installed package's version and the code version each result records
+    (``environment["code"]``, ``git describe`` of the checkout), computed only when asked."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import importlib.metadata
+
+        from bench.runner import code_version
+
+        try:
+            package = importlib.metadata.version(DISTRIBUTION)
+        except importlib.metadata.PackageNotFoundError:
+            package = "(not installed)"
+        print(f"bench {package} ({DISTRIBUTION}); code {code_version()} (recorded in each result's "
+              f"environment; checkout {plugins.project_root()})")
+        parser.exit()
+
+
 def _add_tracking_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<results>/mlflow.db)")
@@ -74,10 +96,13 @@ def _add_tracking_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _tracker(args, store_root: Path):
-    """The MLflow mirror of the results store, or None when tracking is switched off."""
+    """The MLflow mirror of the results store, or None when tracking is switched off (and for smoke
+    runs, which are checks, not results)."""
     from bench.tracking import Tracker, tracking_enabled
 
-    return Tracker.for_results(store_root, args.tracking_uri) if tracking_enabled(args.no_mlflow) else None
+    if args.smoke or not tracking_enabled(args.no_mlflow):
+        return None
+    return Tracker.for_results(store_root, args.tracking_uri)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", type=Path, default=None,
                         help="where dataset files live (default: $BENCH_DATA_ROOT or ./data)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--version", action=VersionAction,
+                        help="print the package version and the code version results record, and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     listing = sub.add_parser("list", help="show methods and datasets",
@@ -96,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train and evaluate methods on datasets",
                          description="Run every (method, dataset, fold/seed) job not already in the store.")
-    run.add_argument("--method", required=True, help="method name(s), comma-separated, or 'all'")
+    run.add_argument("--method", default=None, help="method name(s), comma-separated, or 'all' (see `bench list`)")
     run.add_argument("--dataset", default=DEFAULT_DATASET,
                      help=f"dataset name(s), comma-separated, or 'all' (default: {DEFAULT_DATASET})")
     run.add_argument("--protocol", choices=["kfold", "official", "holdout"], default=None,
@@ -118,6 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--feature-extractor", default=None, metavar="BACKBONE[@SIZE]",
                      help="frozen CNN whose per-stage features feature-only methods read on image-only datasets "
                           f"(default: {image_features.Extractor()}; e.g. resnet101@448)")
+    run.add_argument("--smoke", action="store_true",
+                     help="check that a set-up runs end to end in seconds: a tiny schedule (epochs=1, "
+                          "steps_per_epoch=2 where a method has them) over --set and the dataset's settings; "
+                          "smoke jobs are stored apart from real ones, shown by `bench report --smoke` only "
+                          "(tables in <reports>/smoke), and not logged to MLflow")
+    run.add_argument("--stack-folds", choices=["auto", "on", "off"], default="auto",
+                     help="train the folds of a method that supports it (RMLC) as one stacked model; auto: on "
+                          "CUDA (default: auto)")
+    run.add_argument("--backend", choices=["local", "ray"], default="local",
+                     help="where jobs run: this machine's processes, or Ray tasks (pip install -e '.[ray]')")
+    run.add_argument("--address", default=None,
+                     help="--backend ray: the address of an existing Ray cluster (default: a local one)")
     run.add_argument("--force", action="store_true", help="re-run jobs that are already in the store")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_tracking_options(run)
@@ -143,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="our row that published rows of other methods are compared with (--with-paper)")
     report.add_argument("--no-leaderboard", action="store_true",
                         help="skip the cross-dataset leaderboard, its tests and critical-difference diagrams")
+    report.add_argument("--smoke", action="store_true",
+                        help="the runs of `bench run --smoke` instead of the real ones (default --out: "
+                             "<reports>/smoke; not logged to MLflow)")
     _add_tracking_options(report)
     return parser
 
@@ -155,24 +197,26 @@ def _data_root_option(subparser: argparse.ArgumentParser) -> None:
 
 def cmd_list(args) -> int:
     """Every plug-in, one line each; one whose file fails to import says so and hides no other."""
+    methods, datasets = plugins.load("methods"), plugins.load("datasets")  # read from source: nothing imported
+    width = max(map(len, [*methods, *datasets]), default=0)  # one name column for both lists
     print(f"Methods ({', '.join(map(str, plugins.plugin_dirs('methods')))}):")
-    for name, method in plugins.load("methods").items():  # read from source: nothing imported
+    for name, method in methods.items():
         try:
-            print(f"  {name:<16} {'+'.join(sorted(method.accepts)):<15} {method.citation}")
+            print(f"  {name:<{width}} {'+'.join(sorted(method.accepts)):<15} {method.citation}")
         except BenchError as exc:
-            print(f"  {name:<16} {'broken':<15} {exc}")
+            print(f"  {name:<{width}} {'broken':<15} {exc}")
     root = args.data_root or default_data_root()
     print(f"\nDatasets (data root: {root}):")
-    for name in plugins.load("datasets"):
+    for name in datasets:
         try:
             cls = plugins.get("datasets", name)
             kind, status = ("embedded" if cls.embedded else "on disk"), _dataset_status(name, cls, root)
         except BenchError as exc:
-            print(f"  {name:<16} {'broken':<9} {exc}")
+            print(f"  {name:<{width}} {'broken':<9} {exc}")
             continue
-        print(f"  {name:<16} {kind:<9} {status}")
+        print(f"  {name:<{width}} {kind:<9} {status}")
         if cls.description:
-            print(f"  {'':<16} {cls.description.splitlines()[0]}")
+            print(f"  {'':<{width}} {cls.description.splitlines()[0]}")
     return 0
 
 
@@ -183,8 +227,13 @@ def _dataset_status(name: str, cls: type, root: Path) -> str:
         return load_dataset(name, str(root)).summary()
     if cls().is_available(root):  # not loaded here: reading COCO's annotations takes a while
         return "files present under the data root"
-    hint = f"`bench fetch {name}`" if hasattr(cls, "archives") else "README 'Datasets'"
+    hint = f"`bench fetch {name}`" if _fetchable(cls) else "README 'Datasets on disk'"
     return f"files not found under the data root (see {hint})"
+
+
+def _fetchable(cls: type) -> bool:
+    """Whether ``bench fetch`` can download the dataset (it declares public archives)."""
+    return hasattr(cls, "archives")
 
 
 def _threads(args) -> int | None:
@@ -212,19 +261,30 @@ def writable_folder(path: Path, what: str) -> Path:
 
 
 def _present(names: list[str], root: Path) -> list[str]:
-    """``--dataset all``: the datasets that can be loaded here (embedded, or files under ``root``),
-    the others named in one warning."""
-    present, absent = [], []
+    """``--dataset all``: the datasets that can be loaded here (embedded, or their plug-in finds its
+    files under ``root``: a check of the files, nothing is read), the others named in one warning."""
+    present, fetchable, by_hand, broken = [], [], [], []
     for name in names:
         try:
             cls = plugins.get("datasets", name)
             usable = cls.embedded or cls().is_available(root)
         except BenchError as exc:
-            log.warning("--dataset all: skipping %s", exc)
+            broken.append(f"{name} ({exc})")
             continue
-        (present if usable else absent).append(name)
-    if absent:
-        log.warning("--dataset all: skipping %s (files not found under %s; see `bench list`)", ", ".join(absent), root)
+        if usable:
+            present.append(name)
+        else:
+            (fetchable if _fetchable(cls) else by_hand).append(name)
+    reasons = []
+    if fetchable:
+        reasons.append(f"{', '.join(fetchable)} (files absent: see `bench fetch NAME`)")
+    if by_hand:
+        reasons.append(f"{', '.join(by_hand)} (files absent: see README 'Datasets on disk')")
+    if broken:
+        reasons.append(f"broken: {'; '.join(broken)}")
+    if reasons:
+        log.warning("--dataset all: skipping %d of %d dataset(s) not usable under %s: %s",
+                    len(names) - len(present), len(names), root, "; ".join(reasons))
     return present
 
 
@@ -235,29 +295,33 @@ def cmd_run(args) -> int:
     from bench.store import ResultStore
     from bench.tables import to_markdown
 
+    if args.method is None:
+        raise BenchError("bench run needs --method: a method name (`br`, the binary-relevance baseline, to start), "
+                         "several comma-separated, or all; `bench list` shows them")
     data_root = args.data_root or default_data_root()
     methods = plugins.resolve_names("methods", args.method)
     datasets = plugins.resolve_names("datasets", args.dataset)
     if args.dataset.strip() == "all":
         datasets = _present(datasets, data_root)
     store_root = writable_folder(args.results or default_results(), "results")
-    reports_root = writable_folder(default_reports(), "reports")
+    reports_root = writable_folder(_reports_folder(None, args.smoke), "reports")
     jobs = build_jobs(
         methods, datasets, protocol=args.protocol, n_folds=args.folds, seeds=args.seeds,
         overrides=parse_overrides(args.overrides), data_root=data_root,
         store_root=store_root, strict=args.method.strip() != "all", paper_defaults=args.paper_defaults,
-        feature_extractor=args.feature_extractor,
+        feature_extractor=args.feature_extractor, smoke=args.smoke,
     )
     if not jobs:
         raise BenchError("no job to run: no selected method accepts the selected datasets' views")
     tracker = _tracker(args, store_root)
     summary = run_jobs(jobs, device=args.device, n_jobs=args.jobs, threads=_threads(args), force=args.force,
-                       progress=not args.no_progress, on_record=tracker.log_job if tracker else None)
+                       progress=not args.no_progress, on_record=tracker.log_job if tracker else None,
+                       stack_folds=args.stack_folds, backend=args.backend, address=args.address)
     print(f"{summary.ran} job(s) run, {summary.skipped} already in {store_root} (use --force to re-run)")
 
     # Every stored run on these datasets, read once, on the data as this run saw it.
     results = results_layer.load(ResultStore(store_root), datasets,
-                                 current={j.dataset: j.data_fingerprint for j in jobs})
+                                 current={j.dataset: j.data_fingerprint for j in jobs}, smoke=args.smoke)
     job_ids = {j.job_id for j in jobs}
     for table in build_tables(results.only(job_ids)):
         print()
@@ -284,17 +348,26 @@ def cmd_report(args) -> int:
     methods = args.method.split(",") if args.method else None
     store_root = args.results or default_results()
     results = results_layer.load(ResultStore(store_root), datasets, methods,
-                                 data_root=args.data_root or default_data_root())
-    tables, written = write_reports(results, args.out or default_reports(), formats,
-                                    leaderboard=not args.no_leaderboard)
+                                 data_root=args.data_root or default_data_root(), smoke=args.smoke)
+    out_dir = _reports_folder(args.out, args.smoke)
+    tables, written = write_reports(results, out_dir, formats, leaderboard=not args.no_leaderboard)
     if not tables:
-        raise BenchError(f"no finished run in {store_root}; start with `bench run --method br`")
+        what = "smoke run" if args.smoke else "finished run"
+        raise BenchError(f"no {what} in {store_root}; start with `bench run --method br{' --smoke' * args.smoke}`")
     for table in tables:
         print(to_markdown(table))
     _print_table_extras(args, tables)
     print(f"wrote {len(written)} file(s) to {written[0].parent}")
-    _figures_and_tracking(args, store_root, args.out or default_reports(), results, tables, written)
+    _figures_and_tracking(args, store_root, out_dir, results, tables, written)
     return 0
+
+
+def _reports_folder(out: Path | None, smoke: bool) -> Path:
+    """``--out``, else the reports folder; smoke runs' tables go to its ``smoke/`` so that they never
+    replace the real ones."""
+    if out is not None:
+        return out
+    return default_reports() / "smoke" if smoke else default_reports()
 
 
 def _print_table_extras(args, tables) -> None:

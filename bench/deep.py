@@ -348,6 +348,37 @@ class DeepMethod(Method):
 
     # ------------------------------------------------------------------ fit / predict
     def fit(self, train: MultiLabelData, val: MultiLabelData | None = None) -> DeepMethod:
+        train, val = self.prepare_fit(train, val)
+        ema = (EMA(self.model_, float(self.param("ema_decay")), bool(self.param("ema_warmup")))
+               if self.param("ema_decay") is not None else None)
+        self._ema = ema
+        config = LoopConfig(device=self.device_, amp=bool(self.param("amp")),
+                            steps_per_epoch=self.param("steps_per_epoch"), monitor=self.param("monitor"),
+                            grad_clip=self.param("grad_clip"), verbose=bool(self.param("verbose")),
+                            callbacks=list(self.epoch_callbacks()),
+                            step_callbacks=([ema] if ema else []) + list(self.step_callbacks()))
+        self._sources = {}  # per-fit data on the device / loaders (the validation loader's workers persist)
+        try:
+            source = self._source(train, train=True)
+            result = train_loop(self.model_, self.stages(),
+                                lambda epoch: source.batches(self.train_batch_indices(train.n_samples, epoch)),
+                                config, (lambda: self.validate(val)) if val is not None else None,
+                                eval_model=self._eval_model)
+        finally:
+            del self._sources
+        if ema is not None:                                                 # predict with the EMA weights
+            self.model_ = ema.module
+            if isinstance(self.model_, TokenNetwork):
+                self.encoder_, self.head_ = self.model_.encoder, self.model_.head
+        self._ema = None
+        return self.finish_fit(result.history, result.best_epoch, val)
+
+    def prepare_fit(self, train: MultiLabelData, val: MultiLabelData | None = None
+                    ) -> tuple[MultiLabelData, MultiLabelData | None]:
+        """The first half of :meth:`fit`, up to a built model on the device: checks, seeds, the
+        validation carve-out, the inputs, :meth:`setup`, :meth:`build_model`. Returns the training
+        part and the validation part (None without one). Also used by :mod:`bench.stacked`,
+        which trains several folds' models together."""
         self._check_params()
         seed = int(self.random_state or 0)
         seed_all(seed)
@@ -378,29 +409,12 @@ class DeepMethod(Method):
 
             self.feature_cache_ = SpatialFeatureCache.for_backbone(
                 self.encoder_.backbone, self.test_transform(native_size(train.image_view)))
-        ema = (EMA(self.model_, float(self.param("ema_decay")), bool(self.param("ema_warmup")))
-               if self.param("ema_decay") is not None else None)
-        self._ema = ema
-        config = LoopConfig(device=self.device_, amp=bool(self.param("amp")),
-                            steps_per_epoch=self.param("steps_per_epoch"), monitor=self.param("monitor"),
-                            grad_clip=self.param("grad_clip"), verbose=bool(self.param("verbose")),
-                            callbacks=list(self.epoch_callbacks()),
-                            step_callbacks=([ema] if ema else []) + list(self.step_callbacks()))
-        self._sources = {}  # per-fit data on the device / loaders (the validation loader's workers persist)
-        try:
-            source = self._source(train, train=True)
-            result = train_loop(self.model_, self.stages(),
-                                lambda epoch: source.batches(self.train_batch_indices(train.n_samples, epoch)),
-                                config, (lambda: self.validate(val)) if val is not None else None,
-                                eval_model=self._eval_model)
-        finally:
-            del self._sources
-        self.history_, self.best_epoch_ = result.history, result.best_epoch
-        if ema is not None:                                                 # predict with the EMA weights
-            self.model_ = ema.module
-            if isinstance(self.model_, TokenNetwork):
-                self.encoder_, self.head_ = self.model_.encoder, self.model_.head
-        self._ema = None
+        return train, val
+
+    def finish_fit(self, history: list[dict], best_epoch: int, val: MultiLabelData | None) -> DeepMethod:
+        """The last part of :meth:`fit`, once the weights are final: the history, eval mode,
+        :meth:`calibrate`."""
+        self.history_, self.best_epoch_ = history, best_epoch
         self.model_.eval()
         self.calibrate(val)                                                 # hook 6
         return self

@@ -10,6 +10,11 @@ sources decide the value a job runs with, the first that gives one winning:
    ``bench run --paper-defaults`` switches them off;
 3. the constructor's default.
 
+``bench run --smoke`` then sets, on top of all three, the parameters of :data:`SMOKE_SCHEDULE` that a
+method has (a one-epoch, two-step schedule): a check that a set-up runs end to end in seconds, not a
+result. A smoke job is a job of its own (``config["smoke"]``), and the results layer keeps its
+records out of the real rows (:mod:`bench.results`).
+
 Every resolved value is part of the job's identity. Before any job starts, each value given by
 ``--set`` or a dataset is checked against the parameter's annotation (``C: float`` refuses ``abc``
 and ``true``; an integer given for a float becomes that float, so ``C=1`` is the default row
@@ -26,11 +31,14 @@ import inspect
 import sys
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bench.errors import BenchError
 
 WORDS = {"true": True, "false": False, "none": None}
+#: ``bench run --smoke``: the tiny schedule, for the common names a method has (``bench.deep``'s
+#: ``epochs``, ``steps_per_epoch``); the method conformance suite builds its tiny models on it too.
+SMOKE_SCHEDULE = {"epochs": 1, "steps_per_epoch": 2}
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -85,16 +93,25 @@ class Resolved:
     params: dict
     overrides: dict
     scale_defaults: dict
+    smoke: dict = field(default_factory=dict)  # the values ``--smoke`` set (they win over the others)
 
 
-def resolve(cls: type, overrides: dict, scale_defaults: dict | None = None) -> Resolved:
+def resolve(cls: type, overrides: dict, scale_defaults: dict | None = None, smoke: bool = False) -> Resolved:
     """``cls``'s full hyper-parameters with the applicable ``--set`` overrides and, for the
-    parameters not overridden, the applicable dataset-scale defaults."""
+    parameters not overridden, the applicable dataset-scale defaults; with ``smoke``, the
+    applicable :data:`SMOKE_SCHEDULE` on top of both."""
     params = defaults(cls)
+    smoked = smoke_values(cls) if smoke else {}
     applied = _differing(_coerced(cls, applicable(cls, overrides, params), "--set"), params)
     scaled = {k: v for k, v in applicable(cls, scale_defaults or {}, params).items() if k not in applied}
     scaled = _differing(_coerced(cls, scaled, "scale default"), params)
-    return Resolved({**params, **scaled, **applied}, applied, scaled)
+    applied, scaled = ({k: v for k, v in d.items() if k not in smoked} for d in (applied, scaled))
+    return Resolved({**params, **scaled, **applied, **smoked}, applied, scaled, smoked)
+
+
+def smoke_values(cls: type) -> dict:
+    """The entries of :data:`SMOKE_SCHEDULE` that name one of ``cls``'s parameters."""
+    return _coerced(cls, applicable(cls, SMOKE_SCHEDULE, defaults(cls)), "--smoke")
 
 
 def _differing(values: dict, params: dict) -> dict:
@@ -153,6 +170,8 @@ def _origin(resolved: Resolved, dataset: str) -> str:
     if resolved.scale_defaults:
         parts.append(f"dataset {dataset!r} scale defaults " + " ".join(
             f"{k}={v!r}" for k, v in resolved.scale_defaults.items()))
+    if resolved.smoke:
+        parts.append("--smoke " + " ".join(f"{k}={v!r}" for k, v in resolved.smoke.items()))
     return "; ".join(parts) + ": " if parts else ""
 
 

@@ -47,6 +47,11 @@ class JobConfig:
     extra: dict = field(default_factory=dict)
 
     @property
+    def smoke(self) -> bool:
+        """A ``bench run --smoke`` job (a tiny schedule: a check, not a result); stored only when true."""
+        return bool(self.extra.get("smoke", False))
+
+    @property
     def base_fingerprint(self) -> str:
         """The fingerprint of the dataset's data alone (derived features add ``+extractor``)."""
         return self.data_fingerprint.split("+", 1)[0]

@@ -13,6 +13,9 @@ Everything the read side shows (tables, statistics, figures, MLflow) comes from 
    * *other data versions*: a dataset whose stored runs have several data fingerprints keeps one,
      the data as it is now (``current``, or read from the data root), or, where that cannot be
      read or has no run, the newest stored one. A row never averages runs of two versions;
+   * *smoke runs* (``bench run --smoke``: a one-epoch check of a set-up, not a result) unless the
+     selection asks for them (``smoke=True``: then only them, each row labelled ``(smoke)``), so
+     they never share a table, a ranking or an MLflow aggregate with real runs;
 
 3. the kept records are grouped into **rows**. A row (:class:`Row`) is one method with its resolved
    hyper-parameters and readout (``""``: the method's own output, else a name from
@@ -111,11 +114,13 @@ class Row:
     family: str
     records: tuple[Record, ...] = field(repr=False)
     label: str = ""
+    smoke: bool = False
 
     @property
     def key(self) -> tuple:
-        return (self.method, _json(self.params), self.readout, self.dataset, self.fingerprint,
-                self.protocol, self.n_folds)
+        key = (self.method, _json(self.params), self.readout, self.dataset, self.fingerprint,
+               self.protocol, self.n_folds)
+        return (*key, "smoke") if self.smoke else key  # real rows keep their ids
 
     @property
     def id(self) -> str:
@@ -127,10 +132,13 @@ class Row:
 
     @property
     def base_label(self) -> str:
-        """``br``, ``br (C=0.1)``, ``der:first_stream``: method, ``--set`` overrides, readout."""
+        """``br``, ``br (C=0.1)``, ``br (smoke)``, ``der:first_stream``: method, ``--set`` overrides,
+        smoke, readout."""
         text = self.method
         if self.overrides:
             text += f" ({', '.join(f'{k}={v}' for k, v in sorted(self.overrides.items()))})"
+        if self.smoke:
+            text += " (smoke)"
         return f"{text}:{self.readout}" if self.readout else text
 
     def metrics_of(self, record: Record) -> dict:
@@ -147,7 +155,7 @@ def _row_of(record: Record, readout: str, family: str) -> Row:
     cfg = record.config
     params = identity_params(cfg.params) if cfg.params is not None else dict(record.overrides)
     return Row(cfg.method, readout, cfg.dataset, cfg.data_fingerprint, cfg.protocol, int(cfg.n_folds),
-               params, dict(record.overrides), dict(cfg.scale_defaults), family, ())
+               params, dict(record.overrides), dict(cfg.scale_defaults), family, (), smoke=cfg.smoke)
 
 
 def rows_of(records: Iterable[Record], families: Mapping[str, str] | None = None) -> list[Row]:
@@ -243,13 +251,22 @@ def stale_keys(record: Record, cache: dict | None = None) -> list[str]:
     defaults = _defaults(cfg.method, {} if cache is None else cache) if cfg.params is not None else None
     if defaults is None:
         return []
-    expected = {**defaults, **_plain(identity_params(record.overrides)), **_plain(cfg.scale_defaults)}
+    expected = {**defaults, **_plain(identity_params(record.overrides)), **_plain(cfg.scale_defaults),
+                **(_smoke_values(cfg.method) if cfg.smoke else {})}
     stored = _plain(identity_params(cfg.params))
     missing = object()  # a parameter that came or went differs from any value
     changed = [k for k in expected.keys() | stored.keys() if expected.get(k, missing) != stored.get(k, missing)]
     declared = getattr(_dataset_class(cfg.dataset), "scale_defaults", None) or {}
     changed += [k for k, v in _plain(cfg.scale_defaults).items() if k in declared and _plain({k: declared[k]})[k] != v]
     return sorted(set(changed))
+
+
+def _smoke_values(method: str) -> dict:
+    """What ``bench run --smoke`` sets today for ``method`` (it wins over overrides and scale settings)."""
+    from bench.params import smoke_values
+
+    cls = _method_class(method)
+    return {} if cls is None else _plain(identity_params(smoke_values(cls)))
 
 
 def _read_fingerprint(dataset: str, data_root: Path | None) -> str | None:
@@ -274,6 +291,7 @@ class _LeftOut:
 
     stale: dict = field(default_factory=lambda: defaultdict(lambda: [0, set()]))  # (method, dataset) -> [n, keys]
     versions: dict = field(default_factory=dict)  # dataset -> (kept fingerprint, why, {fingerprint: n})
+    smoke: int = 0  # smoke runs left out of a selection of real ones (real ones left out of smoke: silently)
 
     def message(self) -> str:
         parts = []
@@ -284,11 +302,24 @@ class _LeftOut:
             listed = ", ".join(f"{fp} ({n})" for fp, n in sorted(others.items()))
             parts.append(f"{sum(others.values())} on {dataset} made on other versions of its data "
                          f"(fingerprints {listed}; shown: {kept}, {why})")
+        if parts:
+            parts[-1] += "; they stay in the store (`bench run` the same command again for current ones)"
+        if self.smoke:
+            parts.append(f"{self.smoke} smoke run(s) of `bench run --smoke` (a check, not a result; "
+                         "`bench report --smoke` shows them)")
         if not parts:
             return ""
-        total = sum(n for n, _ in self.stale.values()) + sum(sum(o.values()) for _, _, o in self.versions.values())
-        return (f"left out {total} stored run(s): " + "; ".join(parts) + "; they stay in the store "
-                "(`bench run` the same command again for current ones)")
+        total = (sum(n for n, _ in self.stale.values()) + sum(sum(o.values()) for _, _, o in self.versions.values())
+                 + self.smoke)
+        return f"left out {total} stored run(s): " + "; ".join(parts)
+
+
+def _smoke_or_real(records: list[Record], left: _LeftOut, smoke: bool) -> list[Record]:
+    """The smoke runs (``smoke``) or the real ones; smoke runs left out are counted in ``left``."""
+    kept = [r for r in records if r.config.smoke == smoke]
+    if not smoke:
+        left.smoke = len(records) - len(kept)
+    return kept
 
 
 def _current_only(records: list[Record], left: _LeftOut) -> list[Record]:
@@ -344,23 +375,25 @@ def read_records(store: ResultStore, datasets=None, methods=None) -> list[Record
 
 
 def load(store: ResultStore, datasets=None, methods=None, *, data_root: Path | str | None = None,
-         current: Mapping[str, str] | None = None, warn: bool = True) -> Results:
+         current: Mapping[str, str] | None = None, warn: bool = True, smoke: bool = False) -> Results:
     """The :class:`Results` of the stored runs of ``datasets`` x ``methods`` (all when None).
 
     ``current``: dataset -> its data fingerprint now (``bench run`` knows it from its jobs);
     otherwise, for a dataset stored under several fingerprints, the data under ``data_root`` is
-    read to tell which one is current.
+    read to tell which one is current. ``smoke``: the smoke runs instead of the real ones.
     """
-    results = from_records(read_records(store, datasets, methods), data_root=data_root, current=current, warn=warn)
+    results = from_records(read_records(store, datasets, methods), data_root=data_root, current=current, warn=warn,
+                           smoke=smoke)
     return replace(results, store=store)
 
 
 def from_records(records: Iterable[Record | dict], *, knowledge: Knowledge | None = None,
                  data_root: Path | str | None = None, current: Mapping[str, str] | None = None,
-                 warn: bool = True) -> Results:
+                 warn: bool = True, smoke: bool = False) -> Results:
     """:class:`Results` of already-read records (dicts are typed first); see :func:`load`."""
     records = [r if isinstance(r, Record) else Record.from_dict(r) for r in records]
     left = _LeftOut()
+    records = _smoke_or_real(records, left, smoke)
     records = _one_data_version(_current_only(records, left), left, current or {},
                                 Path(data_root) if data_root is not None else None)
     if warn and (message := left.message()):

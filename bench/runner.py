@@ -4,11 +4,14 @@ A job is one (method, resolved hyper-parameters, dataset@fingerprint, protocol, 
 id is the hash of that full configuration plus the digest of the split's indices. Jobs already in
 the results store are skipped, so an interrupted command resumes where it stopped; ``force``
 re-runs them. Hyper-parameters are resolved and validated in :mod:`bench.params`, and jobs run
-through :mod:`bench.backends` (in-process or loky workers, thread limits, devices).
+through :mod:`bench.backends` (in-process, loky workers or Ray tasks; thread limits, devices).
 
 A job carries only plain data (names, parameters, indices); the worker re-reads the plug-in by
-name, so no dynamically imported class ever needs pickling. Each worker writes its own result
-files (atomically, one job per file pair) and returns the record to the orchestrator. Derived
+name, so no dynamically imported class ever needs pickling. A task is one job, or the pending
+folds of a method that trains them together (:func:`group_jobs`, :mod:`bench.stacked`); a worker
+returns each job's record and arrays, and this process alone writes them to the results store
+(atomically, one job per file pair) and hands the record on (MLflow). A job that runs out of GPU
+memory is retried once at half its ``batch_size`` (:func:`_fit_retrying_oom`). Derived
 views (features of a frozen CNN for a feature-only method on an image-only dataset) are prepared
 here once per dataset before any job starts (:mod:`bench.image_features`).
 """
@@ -28,6 +31,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -73,6 +77,7 @@ class Job:
     extractor: str = ""  # the frozen CNN of derived feature views ("" : the dataset's own views)
     threads: int = 0  # the thread limit the job runs under (0: the cores of this machine)
     views_file: str = ""  # derived feature views extracted by the orchestrator (image_features)
+    smoke: bool = False  # bench run --smoke: a tiny schedule (bench.params.SMOKE_SCHEDULE), not a result
     # Where the worker finds plug-ins: the orchestrator's BENCH_PLUGIN_PATH (not part of the identity).
     plugin_path: str = field(default_factory=lambda: os.environ.get("BENCH_PLUGIN_PATH", ""))
     config: dict = field(init=False)
@@ -93,6 +98,8 @@ class Job:
         }
         if self.scale_defaults:  # absent when none applied, so earlier jobs keep their ids
             config["scale_defaults"] = dict(self.scale_defaults)
+        if self.smoke:  # likewise absent for real jobs; a smoke job never shares a real one's id
+            config["smoke"] = True
         digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=repr).encode()).hexdigest()
         object.__setattr__(self, "config", config)
         object.__setattr__(self, "job_id", digest[:16])
@@ -137,7 +144,7 @@ def _environment(device: str, threads: dict) -> dict:
            "cpus": backends.available_cores(), "load": round(backends.busy_cores(), 2), "device": device,
            "code": code_version(), "threads": threads, "libraries": library_versions()}
     torch = sys.modules.get("torch")
-    if torch is not None and device.startswith("cuda"):
+    if torch is not None and device.startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return env
 
@@ -178,66 +185,159 @@ def _evaluated(result) -> dict:
     return {"metrics": dict(result), "per_label_ap": result.per_label_ap, "undefined": result.undefined}
 
 
-def execute(job: Job, device: str) -> dict:
-    """Train and evaluate one job, store it, and return its record (runs in a worker)."""
-    if plugins.use_plugin_path(job.plugin_path):  # a reused worker of an earlier run
-        load_dataset.cache_clear()
-    cls = plugins.get("methods", job.method)  # imports the method's file (and torch, if it uses it)
-    data = load_dataset(job.dataset, job.data_root)
-    if job.extractor:  # a feature-only method on an image-only dataset: the cached CNN features
-        data = image_features.with_views(data, job.views_file)
-    train, test = data.subset(job.split.train), data.subset(job.split.test)
-    job_params = dict(job.params)
-    if "device" in job_params:
-        job_params["device"] = device
-    notes = _empty_label_notes(job, data, train)
-
+def execute(job: Job, device: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """Train and evaluate one job; its record and arrays (runs in a worker; the orchestrating
+    process stores them)."""
+    part = _JobPart.of(job, device)
     with backends.thread_limits(job.threads or backends.threads_per_job(1)) as threads:
-        method = cls(**job_params)
-        seed_everything(job.split.seed)
-        t0 = time.perf_counter()
-        method.fit(train)
-        t1 = time.perf_counter()
-        scores = _check_scores(job.method, "predict_scores", method.predict_scores(test), test.Y.shape)
-        y_pred = _check_predictions(job.method, method.predict(test), test.Y.shape)
-        t2 = time.perf_counter()
-        readouts = _readouts(job.method, method, test)
-        steps = _step_scores(job.method, method, test)
-        t3 = time.perf_counter()
-        maps = _class_maps(job.method, method, test)
-        t4 = time.perf_counter()
-        environment = _environment(device, threads)
-    result = evaluate(test.Y, scores, y_pred, ignore=test.ignore)
+        def fit(job_params):
+            method = part.cls(**job_params)
+            seed_everything(job.split.seed)
+            return [method.fit(part.train)]
 
-    record = {
-        "job_id": job.job_id,
-        "config": job.config,
-        "overrides": job.overrides,
-        "paper_defaults": job.paper_defaults,
-        **_evaluated(result),
-        "label_names": list(data.label_names),
-        "n_train": int(train.n_samples),
-        "n_test": int(test.n_samples),
-        "timings": {"fit_s": t1 - t0, "predict_s": t2 - t1, **({"readouts_s": t3 - t2} if readouts or steps is not None else {}),
-                   **({"class_maps_s": t4 - t3} if maps else {})},
-        "history": list(getattr(method, "history_", []) or []),
-        "notes": notes,
-        "environment": environment,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    arrays = {"test_index": job.split.test, "scores": scores.astype(np.float32), "y_pred": y_pred}
-    if readouts:  # other readouts of the same fitted model, thresholded like predict's default
-        record["readouts"] = {name: _evaluated(evaluate(test.Y, s, (s >= method.threshold).astype(np.uint8),
-                                                        ignore=test.ignore)) for name, s in readouts.items()}
-        arrays.update({f"readout__{name}": s.astype(np.float32) for name, s in readouts.items()})
-    if steps is not None:
-        # The metrics after each modality / step (RMLC Fig. 3), thresholded like predict's default.
-        record["step_metrics"] = [dict(evaluate(test.Y, s, (s >= method.threshold).astype(np.uint8),
-                                                ignore=test.ignore)) for s in steps]
-        arrays["step_scores"] = steps.astype(np.float32)
-    arrays.update(maps)
-    ResultStore(job.store_root).write(record, arrays)
-    return record
+        t0 = time.perf_counter()
+        (method,), params_used = _fit_retrying_oom([job], part.params, fit)
+        fit_s = time.perf_counter() - t0
+        return part.finish(method, {"fit_s": fit_s}, threads, params_used)
+
+
+def execute_folds(jobs: Sequence[Job], device: str) -> list[tuple[dict, dict[str, np.ndarray]]]:
+    """Train the folds of one method (``jobs``: the same configuration but for the fold) as one
+    stacked model (:mod:`bench.stacked`), then evaluate each fold: one record per fold, as
+    :func:`execute` gives it, with the stacked training's time shared out in ``timings``."""
+    from bench.stacked import fit_folds
+
+    parts = [_JobPart.of(job, device) for job in jobs]
+    with backends.thread_limits(jobs[0].threads or backends.threads_per_job(1)) as threads:
+        def fit(job_params):
+            seed_everything(jobs[0].split.seed)
+            return fit_folds([p.cls(**job_params) for p in parts], [p.train for p in parts],
+                             cuda_graph=backends.single_device(device).startswith("cuda"))
+
+        t0 = time.perf_counter()
+        methods, params_used = _fit_retrying_oom(jobs, parts[0].params, fit)
+        shared_s = time.perf_counter() - t0
+        timings = {"fit_s": shared_s / len(jobs), "fit_stacked_s": shared_s, "stacked_folds": len(jobs)}
+        return [p.finish(m, dict(timings), threads, params_used) for p, m in zip(parts, methods, strict=True)]
+
+
+@dataclass
+class _JobPart:
+    """One job's data and plug-in, ready to fit (in the worker)."""
+
+    job: Job
+    cls: type
+    data: MultiLabelData
+    train: MultiLabelData
+    test: MultiLabelData
+    params: dict
+    notes: list[str]
+    device: str
+
+    @classmethod
+    def of(cls, job: Job, device: str) -> _JobPart:
+        if plugins.use_plugin_path(job.plugin_path):  # a reused worker of an earlier run
+            load_dataset.cache_clear()
+        method_cls = plugins.get("methods", job.method)  # imports the method's file (and torch, if it uses it)
+        data = load_dataset(job.dataset, job.data_root)
+        if job.extractor:  # a feature-only method on an image-only dataset: the cached CNN features
+            data = image_features.with_views(data, job.views_file)
+        train, test = data.subset(job.split.train), data.subset(job.split.test)
+        job_params = dict(job.params)
+        if "device" in job_params:
+            job_params["device"] = device
+        return cls(job, method_cls, data, train, test, job_params, _empty_label_notes(job, data, train), device)
+
+    def finish(self, method: Method, timings: dict, threads: dict, params_used: dict
+               ) -> tuple[dict, dict[str, np.ndarray]]:
+        """Predict, evaluate and build the record and arrays of the fitted ``method``."""
+        job, test, name = self.job, self.test, self.job.method
+        t1 = time.perf_counter()
+        scores = _check_scores(name, "predict_scores", method.predict_scores(test), test.Y.shape)
+        y_pred = _check_predictions(name, method.predict(test), test.Y.shape)
+        t2 = time.perf_counter()
+        readouts = _readouts(name, method, test)
+        steps = _step_scores(name, method, test)
+        t3 = time.perf_counter()
+        maps = _class_maps(name, method, test)
+        t4 = time.perf_counter()
+        environment = _environment(self.device, threads)
+        result = evaluate(test.Y, scores, y_pred, ignore=test.ignore)
+        notes = list(self.notes)
+        changed = {k: v for k, v in params_used.items() if self.params.get(k) != v}
+        if changed:
+            notes.append(f"{job.describe()} was fitted with {changed} (its parameters: "
+                         f"{ {k: self.params[k] for k in changed} }) after running out of GPU memory")
+        record = {
+            "job_id": job.job_id,
+            "config": job.config,
+            "overrides": job.overrides,
+            "paper_defaults": job.paper_defaults,
+            **_evaluated(result),
+            "label_names": list(self.data.label_names),
+            "n_train": int(self.train.n_samples),
+            "n_test": int(test.n_samples),
+            "timings": {**timings, "predict_s": t2 - t1,
+                        **({"readouts_s": t3 - t2} if readouts or steps is not None else {}),
+                        **({"class_maps_s": t4 - t3} if maps else {})},
+            "history": list(getattr(method, "history_", []) or []),
+            "notes": notes,
+            "environment": environment,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        if changed:
+            record["fitted_with"] = changed
+        arrays = {"test_index": job.split.test, "scores": scores.astype(np.float32), "y_pred": y_pred}
+        if readouts:  # other readouts of the same fitted model, thresholded like predict's default
+            record["readouts"] = {k: _evaluated(evaluate(test.Y, s, (s >= method.threshold).astype(np.uint8),
+                                                         ignore=test.ignore)) for k, s in readouts.items()}
+            arrays.update({f"readout__{k}": s.astype(np.float32) for k, s in readouts.items()})
+        if steps is not None:
+            # The metrics after each modality / step (RMLC Fig. 3), thresholded like predict's default.
+            record["step_metrics"] = [dict(evaluate(test.Y, s, (s >= method.threshold).astype(np.uint8),
+                                                    ignore=test.ignore)) for s in steps]
+            arrays["step_scores"] = steps.astype(np.float32)
+        arrays.update(maps)
+        return record, arrays
+
+
+def _is_cuda_oom(exc: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError)
+
+
+def _fit_retrying_oom(jobs: Sequence[Job], job_params: dict, fit) -> tuple[list, dict]:
+    """``fit(job_params)``; when it runs out of GPU memory and the method has a ``batch_size``,
+    one line saying so and one more try at half the batch size. Returns what ``fit`` returned and
+    the parameters it was given."""
+    what = jobs[0].describe() if len(jobs) == 1 else f"{len(jobs)} folds of {jobs[0].describe()}"
+    try:
+        return fit(job_params), job_params
+    except Exception as exc:
+        if not _is_cuda_oom(exc):
+            raise
+        size = job_params.get("batch_size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 2:
+            at = f" at batch_size {size}" if size is not None else ""
+            raise BenchError(f"{what}: CUDA out of memory{at} (no batch_size to halve)") from exc
+    _free_cuda_memory()
+    half = dict(job_params, batch_size=size // 2)
+    log.warning("%s: CUDA out of memory at batch_size %d; retrying once at batch_size %d", what, size, size // 2)
+    try:
+        return fit(half), half
+    except Exception as exc:
+        if _is_cuda_oom(exc):
+            raise BenchError(f"{what}: CUDA out of memory at batch_size {size // 2} (retried after {size})") from exc
+        raise
+
+
+def _free_cuda_memory() -> None:
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _empty_label_notes(job: Job, data: MultiLabelData, train: MultiLabelData) -> list[str]:
@@ -309,16 +409,27 @@ def _class_maps(name: str, method: Method, test: MultiLabelData) -> dict[str, np
             "class_map_labels": first.Y.astype(np.uint8)}
 
 
-def _execute_safely(job: Job, device) -> dict:
-    """Run a job in a worker; a failure comes back as a record with an ``error``."""
-    with backends.holding(device) as token:
+def run_task(task: Sequence[Job], device) -> list[tuple[dict, dict | None]]:
+    """Run one task in a worker: a single job, or the folds of one method trained together. Each
+    job gives ``(record, arrays)``; a failure gives an error record (``error``) and no arrays, for
+    every job of the task."""
+    if "device" not in task[0].params:  # a method without torch holds no GPU
+        device = "cpu"
+    with backends.holding(device, [j.job_id for j in task]) as lease:
         try:
-            return execute(job, token)
+            if len(task) == 1:
+                results = [execute(task[0], lease.device)]
+            else:
+                results = execute_folds(task, lease.device)
+            for record, _ in results:
+                record["environment"].update(lease.describe())
+            return results
         except BenchError as exc:
-            return {"job_id": job.job_id, "job": job.describe(), "error": one_line(exc)}
+            return [({"job_id": j.job_id, "job": j.describe(), "error": one_line(exc)}, None) for j in task]
         except Exception as exc:  # a bug in one method must not lose the other jobs' results
-            return {"job_id": job.job_id, "job": job.describe(), "error": one_line(exc, with_type=True),
-                    "traceback": traceback.format_exc()}
+            error, trace = one_line(exc, with_type=True), traceback.format_exc()
+            return [({"job_id": j.job_id, "job": j.describe(), "error": error, "traceback": trace}, None)
+                    for j in task]
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -334,13 +445,14 @@ def build_jobs(
     methods: list[str], datasets: list[str], *, protocol: str | None, n_folds: int,
     seeds: tuple[int, ...] | None, overrides: dict, data_root: Path, store_root: Path,
     strict: bool = True, paper_defaults: bool = False, feature_extractor: str | None = None,
+    smoke: bool = False,
 ) -> list[Job]:
     """Every job of the grid, each hyper-parameter checked before any job runs.
 
     An incompatible (method, dataset) pair, or a method whose file fails to import, is an error
     when ``strict``, else skipped with a warning (``--method all`` over mixed datasets). A dataset's ``scale_defaults`` apply unless
     ``paper_defaults``; ``feature_extractor`` (``"resnet101@448"``) chooses the frozen CNN of
-    derived feature views."""
+    derived feature views; ``smoke`` makes smoke jobs (:data:`bench.params.SMOKE_SCHEDULE`)."""
     classes = _method_classes(methods, strict)
     params.check_override_keys(overrides, classes)
     extractor = image_features.Extractor.parse(feature_extractor) if feature_extractor else None
@@ -359,7 +471,7 @@ def build_jobs(
                     raise
                 log.warning("skipping: %s", exc)
                 continue
-            resolved = params.resolve(cls, overrides, scale)
+            resolved = params.resolve(cls, overrides, scale, smoke)
             params.validate(cls, resolved, ds_name)
             for split in splits:
                 job_params = resolved.params
@@ -367,7 +479,8 @@ def build_jobs(
                     job_params = {**job_params, "random_state": split.seed}
                 jobs.append(Job(cls.name, ds_name, job_params, resolved.overrides, split,
                                 image_features.job_fingerprint(fingerprint, views_from), str(data_root),
-                                str(store_root), resolved.scale_defaults, paper_defaults, str(views_from or "")))
+                                str(store_root), resolved.scale_defaults, paper_defaults, str(views_from or ""),
+                                smoke=smoke))
     return jobs
 
 
@@ -393,11 +506,24 @@ def _warn_small_test_folds(data: MultiLabelData, splits: list[Split]) -> None:
                     MIN_TEST_EXAMPLES)
 
 
+STACK_FOLDS = ("auto", "on", "off")
+
+
 def run_jobs(jobs: list[Job], *, device: str = "auto", n_jobs: int = 1, threads: int | None = None,
-             force: bool = False, progress: bool = True, on_record=None) -> RunSummary:
+             force: bool = False, progress: bool = True, on_record=None, stack_folds: str = "auto",
+             backend: str = "local", address: str | None = None) -> RunSummary:
     """Run the jobs not yet stored, ``n_jobs`` at a time, each under ``threads`` threads (default:
     the cores divided among the running jobs). ``on_record(record)`` is called in this (the
-    orchestrating) process for each job as it finishes, e.g. to log it to MLflow."""
+    orchestrating) process for each job as it finishes, e.g. to log it to MLflow; this process
+    alone writes the results store.
+
+    ``stack_folds``: train the folds of a method that supports it (:mod:`bench.stacked`) as one
+    model: "auto" on CUDA, "on" everywhere, "off" never. ``backend``: "local" (this process or
+    loky workers) or "ray" (Ray tasks; ``address`` an existing cluster, :mod:`bench.ray_backend`)."""
+    if stack_folds not in STACK_FOLDS:
+        raise BenchError(f"--stack-folds must be one of {', '.join(STACK_FOLDS)}, got {stack_folds!r}")
+    if backend not in backends.BACKENDS:
+        raise BenchError(f"--backend must be one of {', '.join(backends.BACKENDS)}, got {backend!r}")
     store = ResultStore(jobs[0].store_root) if jobs else None
     done, pending = [], []
     for job in jobs:
@@ -408,16 +534,37 @@ def run_jobs(jobs: list[Job], *, device: str = "auto", n_jobs: int = 1, threads:
             done.append(record)
     needs_torch = any("device" in j.params for j in pending)
     device = backends.resolve_device(device, needs_torch)
-    n_jobs = max(1, min(n_jobs if n_jobs > 0 else backends.available_cores(), len(pending) or 1))
+    tasks = group_jobs(pending, stack_folds == "on" or (stack_folds == "auto" and device.startswith("cuda")))
+    n_jobs = max(1, min(n_jobs if n_jobs > 0 else backends.available_cores(), len(tasks) or 1))
     per_job = backends.threads_per_job(n_jobs, threads)
-    pending = [replace(j, threads=per_job) for j in _with_derived_views(pending, device, threads)]
+    views = {j.job_id: j for j in _with_derived_views(pending, device, threads)}
+    tasks = [tuple(replace(views[j.job_id], threads=per_job) for j in task) for task in tasks]
 
-    results = _dispatch(pending, device, n_jobs, progress, on_record)
+    results = _dispatch(tasks, store, device, n_jobs, progress, on_record, backend, address)
     failures = [r for r in results if "error" in r]
     for rec in results:
         for note in rec.get("notes", []):
             log.warning(note)
     return RunSummary(done + [r for r in results if "error" not in r], len(pending), len(done), failures)
+
+
+def group_jobs(pending: list[Job], stack: bool) -> list[tuple[Job, ...]]:
+    """The tasks to run: with ``stack``, the pending folds of one method that can train them
+    together (:func:`bench.stacked.supports_stacking`; same method, parameters, dataset, protocol
+    and seed) form one task; every other job is a task of its own. Only pending jobs are grouped,
+    so a rerun trains just the missing folds."""
+    if not stack:
+        return [(job,) for job in pending]
+    from bench.stacked import supports_stacking
+
+    groups: dict[str, list[Job]] = {}
+    for job in pending:
+        key = job.job_id
+        if supports_stacking(plugins.get("methods", job.method)):
+            key = json.dumps([{k: v for k, v in job.config.items() if k not in ("fold", "split_hash")},
+                              job.data_root, job.extractor], sort_keys=True, default=repr)
+        groups.setdefault(key, []).append(job)
+    return [tuple(group) for group in groups.values()]
 
 
 def _with_derived_views(pending: list[Job], device: str, threads: int | None) -> list[Job]:
@@ -440,22 +587,35 @@ def _with_derived_views(pending: list[Job], device: str, threads: int | None) ->
     return out
 
 
-def _dispatch(pending: list[Job], device: str, n_jobs: int, progress: bool, on_record=None) -> list[dict]:
-    if not pending:
+def _dispatch(tasks: list[tuple[Job, ...]], store: ResultStore | None, device: str, n_jobs: int, progress: bool,
+              on_record=None, backend: str = "local", address: str | None = None) -> list[dict]:
+    """Run the tasks; as each one's results arrive, store them here (the workers only compute)
+    and hand each record to ``on_record``."""
+    if not tasks:
         return []
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(pending), desc="jobs", unit="job", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=sum(len(t) for t in tasks), desc="jobs", unit="job", disable=not progress, file=sys.stderr)
     out: list[dict] = []
+    by_id = {job.job_id: job for task in tasks for job in task}
 
-    def finished(record: dict) -> None:
-        out.append(record)
-        bar.update()
-        if on_record is not None and "error" not in record:
-            on_record(record)
+    def finished(results: list[tuple[dict, dict | None]]) -> None:
+        for record, arrays in results:
+            if arrays is not None:
+                try:
+                    store.write(record, arrays)
+                except OSError as exc:
+                    record = {"job_id": record["job_id"], "job": by_id[record["job_id"]].describe(),
+                              "error": f"could not store the result: {one_line(exc)}"}
+            out.append(record)
+            bar.update()
+            if on_record is not None and "error" not in record:
+                on_record(record)
 
+    memory = {task: backends.declared_memory(plugins.get("methods", task[0].method)) for task in tasks}
     try:
-        backends.dispatch(pending, _execute_safely, device=device, n_jobs=n_jobs, on_result=finished)
+        backends.dispatch(tasks, run_task, device=device, n_jobs=n_jobs, on_result=finished, backend=backend,
+                          address=address, memory_mb=memory.get)
     finally:
         bar.close()
     return out

@@ -246,6 +246,39 @@ def train_batch(net: RMLCNet, optimizer: torch.optim.Optimizer, xs: list[torch.T
     return bce_sum, reg_sum
 
 
+def stacked_train_batch(stack, optimizer, xs: tuple[torch.Tensor, ...], y: torch.Tensor, mask: torch.Tensor,
+                        lam: float, active: list[int], autocast=contextlib.nullcontext):
+    """Algorithm 1 on one stacked mini-batch of k folds (:mod:`bench.stacked`): :func:`train_batch`
+    for every fold at once. ``xs``: the standardised views [k, B, d_t], ``y`` [k, B, L], ``mask``
+    [k, B] (0: a padding row); fold i's L^t is its own Eq. (5)-(6), computed by :class:`RMLCNet`'s
+    code on fold i's weights (``vmap`` of ``functional_call``); the per-fold losses are summed, so
+    each fold's parameters get their own gradient, and ``optimizer`` (a :class:`bench.stacked.FoldAdam`)
+    steps the ``active`` folds. Returns Σ_t L^t and its parts per fold ([k] each, detached)."""
+    from torch.func import functional_call, vmap
+
+    net = stack.base
+    shared = [stack.name_of(p) for p in shared_parameters(net)]
+    bce_sum = reg_sum = 0.0
+    for t in range(net.n_steps):
+        head = [stack.name_of(net.heads[t].weight), stack.name_of(net.heads[t].bias)]
+
+        def fold_loss(params, xs_, y_, mask_, t=t, head=head):
+            with autocast():
+                logits = functional_call(net, params, (xs_, t + 1), {"every_step": False})[-1]
+            bce = (F.binary_cross_entropy_with_logits(full_precision(logits), y_, reduction="none")
+                   * mask_[:, None]).sum()                              # Eq. (5), padding rows masked
+            return bce, lam * params[head[0]].square().sum()           # Eq. (6)
+
+        bce, reg = vmap(fold_loss)(stack.params, xs, y, mask)
+        names = shared + head                                          # line 14: Φ, S, U^t, b^t
+        grads = torch.autograd.grad((bce + reg).sum(), [stack.params[n] for n in names], allow_unused=True)
+        # as in train_batch: a gradient that is exactly zero (None here) still makes Adam step
+        optimizer.step({n: torch.zeros_like(stack.params[n]) if g is None else g
+                        for n, g in zip(names, grads, strict=True)}, active)
+        bce_sum, reg_sum = bce_sum + bce.detach(), reg_sum + reg.detach()
+    return bce_sum + reg_sum, {"bce": bce_sum, "reg": reg_sum}
+
+
 class RMLC(DeepMethod):
     """RMLC (Zhang et al.): a peephole LSTM over modalities with per-step label prediction polished
     by a shared label correlation matrix S. See the module docstring for the equations."""
@@ -256,6 +289,10 @@ class RMLC(DeepMethod):
                 "Multi-modal Multi-label Learning (RMLC)")
     #: rows per forward pass at prediction (bounds memory on big test sets; not a hyper-parameter)
     eval_batch_size: ClassVar[int] = 8192
+    #: GPU memory one job needs, CUDA context included (bench.backends: small jobs share a GPU). At
+    #: MSRA's size the data on the device take ~55 MB and the network a few MB; a worker's CUDA
+    #: context ~0.5 GB.
+    gpu_memory_mb: ClassVar[int] = 2048
 
     def __init__(self, lam: float = 0.1, batch_size: int = 64, hidden: int = 256, lr: float = 1e-3,
                  epochs: int = 100, val_fraction: float = 0.1, patience: int | None = 10,
@@ -299,6 +336,19 @@ class RMLC(DeepMethod):
             xs = self.model_.standardize(batch.inputs)
         bce, reg = train_batch(self.model_.net, optimizer, xs, batch.y, self.lam, self.autocast)
         return bce + reg, {"bce": bce, "reg": reg}
+
+    # ------------------------------------------------------------------ folds trained together
+    # (bench.stacked: the k folds of a cross-validation as one stacked model, exactly)
+    def stacked_module(self) -> RMLCNet:
+        return self.model_.net
+
+    def stacked_inputs(self, train: MultiLabelData) -> tuple[torch.Tensor, ...]:
+        """The training part's views, standardised once (elementwise, as algorithm1 does per batch)."""
+        return tuple(self.model_.standardize(self._source(train, train=True).views))
+
+    def stacked_update(self, stack, optimizer, xs, y, mask, active):
+        """Algorithm 1 on a stacked batch of every fold (:func:`stacked_train_batch`)."""
+        return stacked_train_batch(stack, optimizer, xs, y, mask, self.lam, active, self.autocast)
 
     def compute_loss(self, outputs: dict[str, torch.Tensor], y: torch.Tensor):
         """The validation loss: Eq. (5) at t = M, the BCE of F^M summed over labels, per example."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import runner
+from bench import plugins, runner
 from bench.cli import main
 from bench.metrics import METRICS
 
@@ -84,16 +84,6 @@ def test_ci_installs_from_pypi_alone():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     requirements = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
     assert not [r for r in requirements if "://" in r or "@" in r]  # names and version bounds only
-
-
-def test_readme_plugin_example_runs_as_documented(isolated, capsys):
-    readme = (ROOT / "README.md").read_text()
-    example = readme.split("drop\na file into `methods/`:\n\n```python\n")[1].split("```")[0]
-    (isolated / "methods" / "prior.py").write_text(example)
-    assert main(["list"]) == 0 and "prior" in capsys.readouterr().out
-    assert main(["run", "--method", "prior,br", "--dataset", "tiny", "--folds", "2", "--no-progress"]) == 0
-    out = capsys.readouterr().out
-    assert "| Metric | br | prior |" in out
 
 
 # --------------------------------------------------------------------------- light start
@@ -219,7 +209,8 @@ def test_bad_input_is_refused_before_any_job_in_one_line(case, tmp_path, capsys)
     (["run", "--method", "br", "--seeds", "-1"], "argument --seeds: seeds must be >= 0, got '-1'"),
     (["run", "--method", "br", "--folds", "1"], "argument --folds: expects an integer >= 2, got 1"),
     (["run", "--method", "br", "--jobs", "two"], "argument --jobs: expects an integer, got 'two'"),
-    (["run", "--dataset", "tiny"], "the following arguments are required: --method"),
+    (["run", "--dataset", "tiny"], "bench run needs --method: a method name (`br`, the binary-relevance baseline, "
+                                   "to start), several comma-separated, or all; `bench list` shows them"),
     (["run", "--method", "br", "--bogus"], "unrecognized arguments: --bogus"),
     (["frob"], "argument command: invalid choice: 'frob'"),
     ([], "the following arguments are required: command"),
@@ -439,3 +430,158 @@ def test_a_changed_training_part_never_reuses_a_stored_result(isolated, tmp_path
         assert expected in capsys.readouterr().out
     records = [json.loads(p.read_text()) for p in (tmp_path / "results" / "shifting" / "br").glob("*.json")]
     assert sorted(r["n_train"] for r in records) == [30, 40]
+
+
+# --------------------------------------------------------------------------- --smoke
+# A method with a schedule (the common names epochs, steps_per_epoch) that records what it ran.
+SCHEDULED = """
+import numpy as np
+from bench.api import Method
+
+
+class Scheduled(Method):
+    name = "scheduled"
+
+    def __init__(self, epochs: int = 50, steps_per_epoch: int | None = None, lr: float = 0.1):
+        self.epochs, self.steps_per_epoch, self.lr = epochs, steps_per_epoch, lr
+
+    def fit(self, train, val=None):
+        self.prior_ = train.Y.mean(0)
+        self.history_ = [{"epoch": e + 1, "loss": 1.0 / (e + 1)} for e in range(self.epochs)]
+        return self
+
+    def predict_scores(self, data):
+        return np.tile(self.prior_, (data.n_samples, 1))
+"""
+
+
+def _stored(root: Path, method: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in (root / "results" / "tiny" / method).glob("*.json")]
+
+
+def test_smoke_runs_a_tiny_schedule_over_set_as_jobs_of_their_own(isolated, tmp_path, capsys):
+    (isolated / "methods" / "scheduled.py").write_text(SCHEDULED)
+    base = ["run", "--method", "scheduled,br", "--dataset", "tiny", "--folds", "2", "--no-progress"]
+    assert main([*base, "--set", "scheduled.epochs=3"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--set", "scheduled.epochs=3", "--smoke"]) == 0
+    # br has none of the schedule's names, yet its smoke jobs are jobs of their own, not the real ones
+    assert "4 job(s) run, 0 already in" in capsys.readouterr().out
+    for method in ("scheduled", "br"):
+        records = _stored(tmp_path, method)
+        assert sorted(r["config"].get("smoke", False) for r in records) == [False, False, True, True]
+        assert len({r["job_id"] for r in records}) == 4
+    smoke = [r for r in _stored(tmp_path, "scheduled") if r["config"].get("smoke")]
+    real = [r for r in _stored(tmp_path, "scheduled") if not r["config"].get("smoke")]
+    # the schedule wins over --set (and is not reported as the user's override); the rest is untouched
+    assert all(r["config"]["params"]["epochs"] == 1 and r["config"]["params"]["steps_per_epoch"] == 2
+               and r["config"]["params"]["lr"] == 0.1 and len(r["history"]) == 1 and r["overrides"] == {}
+               for r in smoke)
+    assert all(r["config"]["params"]["epochs"] == 3 and len(r["history"]) == 3 for r in real)
+
+
+def test_smoke_runs_stay_out_of_real_tables_and_show_apart_when_asked(isolated, tmp_path, capsys, caplog):
+    (isolated / "methods" / "scheduled.py").write_text(SCHEDULED)
+    base = ["run", "--method", "scheduled,br", "--dataset", "tiny", "--folds", "2", "--no-progress"]
+    assert main(base) == 0
+    real_table = (tmp_path / "reports" / "tiny__kfold2.md").read_text()
+    capsys.readouterr()
+    assert main([*base, "--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "| br (smoke) |" in out and "| scheduled (smoke) |" in out  # what the smoke run printed
+    assert (tmp_path / "reports" / "tiny__kfold2.md").read_text() == real_table  # real reports untouched
+    assert "br (smoke)" in (tmp_path / "reports" / "smoke" / "tiny__kfold2.md").read_text()
+
+    caplog.clear()
+    assert main(["report", "--format", "md", "--no-leaderboard"]) == 0
+    out = capsys.readouterr().out
+    assert "| br |" in out and "(smoke)" not in out
+    [left_out] = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert "4 smoke run(s) of `bench run --smoke`" in left_out and "other hyper-parameters" not in left_out
+
+    caplog.clear()
+    assert main(["report", "--format", "md", "--no-leaderboard", "--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "| br (smoke) |" in out and "| br |" not in out
+    assert not [r for r in caplog.records if "left out" in r.getMessage()]  # smoke runs are current, not stale
+    assert (tmp_path / "reports" / "tiny__kfold2.md").read_text() == real_table
+
+
+def test_smoke_runs_are_not_logged_to_mlflow(isolated, monkeypatch, capsys):
+    from bench import tracking
+
+    monkeypatch.setenv("BENCH_MLFLOW", "1")
+    monkeypatch.setattr(tracking.Tracker, "for_results", lambda *a, **k: pytest.fail("smoke runs went to MLflow"))
+    assert main(["run", "--method", "br", "--dataset", "tiny", "--folds", "2", "--no-progress", "--smoke"]) == 0
+    assert main(["report", "--smoke", "--no-leaderboard", "--format", "md"]) == 0
+
+
+def test_smoke_schedule_is_applied_on_top_of_set_and_scale_defaults():
+    from bench.params import SMOKE_SCHEDULE, resolve
+
+    cls = type("M", (), {"name": "m"})  # resolve reads get_params from an instance
+    cls.get_params = lambda self, deep=False: {"epochs": 60, "steps_per_epoch": None, "lr": 0.01}
+    resolved = resolve(cls, {"epochs": 20, "lr": 0.1}, {"epochs": 10, "m.steps_per_epoch": 5}, smoke=True)
+    assert resolved.params == {"epochs": SMOKE_SCHEDULE["epochs"], "steps_per_epoch": SMOKE_SCHEDULE["steps_per_epoch"],
+                               "lr": 0.1}
+    assert resolved.overrides == {"lr": 0.1} and resolved.scale_defaults == {}
+    assert resolve(cls, {"epochs": 20}, {}).params["epochs"] == 20  # without --smoke: untouched
+
+
+# --------------------------------------------------------------------------- small things
+def test_version_prints_the_package_and_the_code_version_results_record(tmp_path, capsys):
+    import importlib.metadata
+
+    assert main(["run", "--method", "br", "--dataset", "tiny", "--folds", "2", "--no-progress"]) == 0
+    recorded = {r["environment"]["code"] for r in _stored(tmp_path, "br")}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and out.count("\n") == 1
+    assert out.startswith(f"bench {importlib.metadata.version('bench-multilabel')} (bench-multilabel); "
+                          f"code {recorded.pop()} ")
+
+
+def test_list_columns_fit_the_longest_name(isolated, capsys):
+    """Every name, however long (`nus-wide-features`, a plug-in's), leaves one space before its column."""
+    long_name = "a-dataset-with-a-very-long-name"
+    (isolated / "datasets" / "long.py").write_text(
+        "from bench.api import Dataset\n"
+        f"class Long(Dataset):\n    name = {long_name!r}\n    description = 'on disk, absent'\n")
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    methods_at, datasets_at = lines.index(next(x for x in lines if x.startswith("Methods"))), \
+        lines.index(next(x for x in lines if x.startswith("Datasets")))
+    entries = [x for x in lines[methods_at + 1:] if x.startswith("  ") and x.strip()]
+    named = [x for x in entries if not x.startswith("   ")]
+    assert any(x.split()[0] == "nus-wide-features" for x in named)
+    column = len(long_name) + 3  # two spaces of indent, the longest name, one space
+    for line in named:
+        name = line.split()[0]
+        assert line[:column] == f"  {name:<{len(long_name)}} " and line[column] != " ", line
+    descriptions = [x for x in lines[datasets_at + 1:] if x.startswith("   ")]
+    assert descriptions and all(x[:column].isspace() and x[column] != " " for x in descriptions)
+
+
+def test_dataset_all_names_what_it_skips_and_why_in_one_line(isolated, tmp_path, capsys, caplog):
+    (isolated / "datasets" / "zbroken.py").write_text(
+        "import no_such_module_anywhere\nfrom bench.api import Dataset\n"
+        "class Z(Dataset):\n    name = 'zbroken'\n")
+    assert main(["run", "--method", "br", "--dataset", "all", "--folds", "2", "--no-progress"]) == 0
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--dataset all")]
+    skipped, total = map(int, re.match(r"--dataset all: skipping (\d+) of (\d+) dataset\(s\) not usable under ", line).groups())
+    assert line.startswith(f"--dataset all: skipping {skipped} of {total} dataset(s) not usable under {tmp_path / 'data'}: ")
+    assert "coco2014, voc2007, voc2012 (files absent: see `bench fetch NAME`)" in line
+    assert "nus-wide, nus-wide-features, scene, taobao (files absent: see README 'Datasets on disk')" in line
+    assert "broken: zbroken (plug-in file" in line and "no_such_module_anywhere" in line
+    assert "\n## Datasets on disk " in (ROOT / "README.md").read_text()  # the section the hint names
+    stored = {p.parent.parent.name for p in (tmp_path / "results").rglob("*.json")}
+    assert stored == {"tiny", "tiny-official", "yeast", "mnist-mosaic"} and total - skipped == len(stored)
+    assert total == len(plugins.load("datasets"))  # every registered dataset, the broken one included
+
+
+def test_an_absent_dataset_named_explicitly_stays_an_error(capsys):
+    assert main(["run", "--method", "br", "--dataset", "voc2007", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "trainval.txt: image set file not found" in err

@@ -9,7 +9,7 @@ class maps; the same seed gives identical results on the CPU; ``history_`` has t
 a label without a positive training example is handled; the common hyper-parameter names are used.
 
 To keep it fast the suite sets, where a method has them, the common names to a tiny schedule
-(:data:`TINY`); a method needs nothing else to be checked.
+(:data:`TINY`, built on ``bench run --smoke``'s schedule); a method needs nothing else to be checked.
 """
 
 from __future__ import annotations
@@ -28,14 +28,16 @@ from bench import plugins
 from bench.data import FEATURES, IMAGE, VIEW_KINDS, ImageView, MultiLabelData
 from bench.deep import COMMON_PARAMS, DeepMethod
 from bench.errors import BenchError
+from bench.params import SMOKE_SCHEDULE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 METHODS = list(plugins.load("methods"))  # collected from the checkout's methods/ folder
 plugins.load.cache_clear()
 
-#: Tiny settings for the parameters a method has (the names every method shares).
-TINY = {"epochs": 2, "batch_size": 8, "steps_per_epoch": 2, "hidden": 8, "backbone": "small-cnn",
+#: Tiny settings for the parameters a method has (the names every method shares): `bench run
+#: --smoke`'s schedule with two epochs (so ``history_`` has more than one entry), a tiny network on the CPU.
+TINY = {**SMOKE_SCHEDULE, "epochs": 2, "batch_size": 8, "hidden": 8, "backbone": "small-cnn",
         "pretrained": False, "image_size": None, "resize": None, "num_workers": 0, "device": "cpu",
         "max_iter": 200}
 #: Names other code bases use for the concepts of COMMON_PARAMS; none may appear in a method.

@@ -1,0 +1,105 @@
+"""The Ray backend (``bench run --backend ray``): the same tasks as Ray tasks, on this machine or
+on an existing cluster (``--address``).
+
+Each task asks Ray for the resources it needs: ``num_cpus`` = its thread limit and, on CUDA, a
+GPU share: the method's declared memory (``gpu_memory_mb``) over the GPU's memory (the largest
+GPU this process sees, or :data:`ASSUMED_GPU_MB` where it sees none), so several small jobs share
+a GPU; a job that declares nothing asks for a whole one. Ray sets ``CUDA_VISIBLE_DEVICES`` for
+each task, which then runs on ``cuda:0``; the record's environment names the Ray node and GPU ids.
+
+Results flow back exactly as with local workers: a task returns its records and arrays, and the
+orchestrating process alone writes the results store and MLflow. A worker that dies (killed,
+out of host memory) is retried by Ray (:data:`MAX_RETRIES` times); a task that still fails comes
+back as an error record for each of its jobs, the other tasks go on, and a rerun runs only the
+jobs not stored. If the orchestrator itself dies, its unfinished tasks are lost with it (nothing
+was stored for them) and a rerun runs them.
+
+Ray is an optional dependency: ``pip install -e '.[ray]'``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from bench.errors import BenchError, one_line
+
+#: Times Ray re-runs a task whose worker process died.
+MAX_RETRIES = 2
+#: The GPU memory assumed for fractional GPU requests when this process sees no GPU (an H100's).
+ASSUMED_GPU_MB = 80 * 1024
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise BenchError("--backend ray needs Ray: pip install -e '.[ray]'") from None
+    return ray
+
+
+def gpu_share(memory_mb: int | None, gpu_mb: int) -> float:
+    """The fraction of a GPU a task asks Ray for: its declared memory over the GPU's, at most 1."""
+    if memory_mb is None:
+        return 1.0
+    return min(1.0, max(0.01, round(memory_mb / gpu_mb, 2)))
+
+
+def _run_on_ray(run: Callable, task, device: str, gpu_fraction: float):
+    """The body of a Ray task: ``run`` on the GPU Ray gave it (or the CPU), with where it ran."""
+    import ray
+
+    results = run(task, "cuda:0" if gpu_fraction else "cpu")
+    where = {"ray_node": ray.get_runtime_context().get_node_id(), "ray_pid": os.getpid()}
+    if gpu_fraction:
+        where.update(ray_gpu_ids=[str(g) for g in ray.get_gpu_ids()], gpu_fraction=gpu_fraction)
+    for record, _ in results:
+        if "environment" in record:
+            record["environment"].update(where)
+    return results
+
+
+def dispatch(tasks: list, run: Callable, *, device: str, on_result: Callable, address: str | None = None,
+             memory_mb: Callable = lambda task: None) -> None:
+    """Submit every task to Ray and call ``on_result`` here as each finishes. Connects to the
+    cluster at ``address`` (None: the one this process joined already, else a new local one)."""
+    ray = _ray()
+    started = not ray.is_initialized()
+    if started:
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": _forwarded_env()})
+        except Exception as exc:  # a bad address, a cluster that is down
+            raise BenchError(f"--backend ray: cannot reach a Ray cluster at {address or 'a new local one'}: "
+                             f"{one_line(exc)}") from exc
+    try:
+        from bench import backends
+
+        gpu_mb = max(backends.gpu_inventory().values(), default=ASSUMED_GPU_MB)
+        remote = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(_run_on_ray)
+        pending = {}
+        for task in tasks:
+            wants_gpu = device.startswith("cuda") and "device" in task[0].params  # a method using torch
+            share = gpu_share(memory_mb(task), gpu_mb) if wants_gpu else 0.0
+            ref = remote.options(num_cpus=max(1, task[0].threads), num_gpus=share).remote(run, task, device, share)
+            pending[ref] = task
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                task = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayError as exc:  # the worker died MAX_RETRIES + 1 times
+                    error = f"Ray task failed: {one_line(exc)}"
+                    result = [({"job_id": j.job_id, "job": j.describe(), "error": error}, None) for j in task]
+                on_result(result)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _forwarded_env() -> dict[str, str]:
+    """The environment a worker needs to find the same plug-ins, threads and tracking settings."""
+    names = ("PYTHONPATH", "BENCH_PLUGIN_PATH", "BENCH_THREADS", "BENCH_MLFLOW", "OPENBLAS_CORETYPE",
+             "OPENBLAS_L2_SIZE")
+    return {n: os.environ[n] for n in names if n in os.environ}

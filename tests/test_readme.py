@@ -1,0 +1,349 @@
+"""The README is a tested document: every command and snippet it shows runs as shown.
+
+Each ``## `` section of ``README.md`` is a scenario, run from an empty working folder (results,
+reports and data folders of its own; offline: the network is cut) in the README's order, so a
+command that reads an earlier one's results (``bench report`` after ``bench run``) finds them:
+
+* every ``bench ...`` command of a ```` ```bash ````, ```` ```sh ```` or ```` ```console ```` block
+  (``$ `` lines of a console block; ``&&`` chains split) runs in-process through
+  :func:`bench.cli.main`, reduced generically so that CI stays fast: ``bench run`` gets ``--smoke``
+  (a one-epoch schedule) and ``--folds 2`` where it gives no ``--folds``; ``bench report`` gets
+  ``--smoke`` (the scenario's runs are smoke runs); MLflow is off. It must exit 0, except where it
+  cannot work offline: ``bench fetch`` must stop with the README's one line ("cannot download ...;
+  are you offline?"), and a run on a dataset whose files are not under the data root (an explicit
+  ``--data-root`` points at an empty folder here) with one line naming the missing file; a
+  ``--device cuda`` command runs only where torch sees a GPU;
+* every other command must be listed in :data:`NOT_RUN` with the reason it is not run here;
+* every ```` ```python ```` block runs: a plug-in file (a class deriving from ``Method`` or
+  ``Dataset``) is dropped into a plug-in folder, then ``bench list`` must show it and a method is
+  run (``--smoke``) on an embedded dataset it accepts, a dataset on ``br`` (or, when its files are
+  absent, refused in one line naming the file); any other snippet runs as a script in the
+  scenario's folder (``data/`` is its data root).
+
+A README edit that breaks an example fails here, naming the README line.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bench import plugins, runner
+from bench.cli import DEFAULT_DATASET, main
+from bench.data import FEATURES
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+SHELL_LANGUAGES = ("bash", "sh", "shell", "console")
+SUBCOMMANDS = ("list", "run", "report", "fetch")
+
+#: Commands the README shows that this test does not run: (does the command match, why not).
+NOT_RUN = (
+    (lambda argv: _program(argv) == "pip" or argv[1:3] in (["-m", "pip"], ["-m", "venv"]),
+     "installs packages from PyPI (network); CI's .ci/run does it"),
+    (lambda argv: _program(argv) == "ruff" or "pytest" in argv,
+     "CI's own commands: test_cli.py checks they are .ci/run's"),
+    (lambda argv: _program(argv) in ("tox", "mutmut"), "runs the test suite itself (tox) or mutation testing (an hour)"),
+    (lambda argv: _program(argv) == "mlflow" and "ui" in argv, "starts a web server"),
+    (lambda argv: _program(argv).startswith("python") and any(a.startswith("benchmarks/") for a in argv),
+     "a benchmark script (minutes of measurement; it prints a table)"),
+)
+#: The one-line errors of the commands that cannot work offline, as the README documents them.
+FETCH_OFFLINE = re.compile(r"bench: error: cannot download \S+ \(.+\); are you offline\? Put the files under \S+ "
+                           r"by hand \(README, 'Datasets'\)")
+ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+FILES_ABSENT = r"bench: error: {root}/\S+: .*not found.*"
+
+
+@dataclass(frozen=True)
+class Snippet:
+    line: int  # where its block starts in the README (1-based)
+    language: str
+    text: str
+
+
+def _program(argv: list[str]) -> str:
+    return Path(argv[0]).name if argv else ""
+
+
+def sections(text: str) -> dict[str, list[Snippet]]:
+    """``## `` heading -> the shell and Python blocks under it, in order."""
+    out: dict[str, list[Snippet]] = {"(preamble)": []}
+    current, block, start, language = "(preamble)", None, 0, ""
+    for number, line in enumerate(text.splitlines(), 1):
+        if block is None and line.startswith("## "):
+            current = line[3:].strip()
+            out[current] = []
+        elif block is None and line.startswith("```"):
+            block, start, language = [], number, line[3:].strip().lower()
+        elif block is not None and line.startswith("```"):
+            if language in (*SHELL_LANGUAGES, "python"):
+                out[current].append(Snippet(start, language, "\n".join(block) + "\n"))
+            block = None
+        elif block is not None:
+            block.append(line)
+    return {name: snippets for name, snippets in out.items() if snippets}
+
+
+def commands(snippet: Snippet) -> list[list[str]]:
+    """The argv of every command of a shell block: continuations joined, comments dropped, ``&&``,
+    ``||``, ``;`` and ``|`` chains split; in a console block only the ``$ `` lines."""
+    lines = snippet.text.replace("\\\n", " ").splitlines()
+    if snippet.language == "console":
+        lines = [line[2:] for line in lines if line.startswith("$ ")]
+    out = []
+    for line in lines:
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split, lexer.commenters = True, "#"
+        argv: list[str] = []
+        for token in [*lexer, ";"]:
+            if token in ("&&", "||", ";", "|", "&"):
+                if argv:
+                    out.append(argv)
+                argv = []
+            else:
+                argv.append(token)
+    return out
+
+
+def bench_args(argv: list[str]) -> list[str] | None:
+    """The arguments of a ``bench`` command (``bench``, ``.venv/bin/bench``, ``python -m bench.cli``)."""
+    if _program(argv) == "bench":
+        return argv[1:]
+    if _program(argv).startswith("python") and argv[1:3] == ["-m", "bench.cli"]:
+        return argv[3:]
+    return None
+
+
+def not_run_reason(argv: list[str]) -> str | None:
+    return next((reason for matches, reason in NOT_RUN if matches(argv)), None)
+
+
+def _option(args: list[str], name: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _has(args: list[str], name: str) -> bool:
+    return any(a == name or a.startswith(name + "=") for a in args)
+
+
+class Scenario:
+    """One README section run from an empty folder: its commands in order, in this process."""
+
+    def __init__(self, folder: Path, monkeypatch, capsys):
+        self.folder, self.monkeypatch, self.capsys = folder, monkeypatch, capsys
+        self.data_root, self.absent_root = folder / "data", folder / "absent-data-root"
+        self.plugin_root = folder / "plugins"
+        for path in (self.data_root, self.absent_root, self.plugin_root / "methods", self.plugin_root / "datasets"):
+            path.mkdir(parents=True, exist_ok=True)
+        for name, value in {"BENCH_RESULTS": folder / "results", "BENCH_REPORTS": folder / "reports",
+                            "BENCH_DATA_ROOT": self.data_root, "BENCH_PLUGIN_PATH": self.plugin_root,
+                            "BENCH_MLFLOW": "0"}.items():
+            monkeypatch.setenv(name, str(value))
+        monkeypatch.chdir(folder)
+        monkeypatch.setattr(socket, "getaddrinfo", _offline)
+        monkeypatch.setattr(socket.socket, "connect", _offline)
+        self.log: list[str] = []
+
+    # ------------------------------------------------------------------ shell commands
+    def shell(self, snippet: Snippet) -> None:
+        for argv in commands(snippet):
+            where = f"README.md:{snippet.line}: `{shlex.join(argv)}`"
+            env = {}
+            while argv and ENV_ASSIGNMENT.match(argv[0]):  # `BENCH_THREADS=2 bench run ...`
+                name, _, value = argv.pop(0).partition("=")
+                env[name] = value
+            args = bench_args(argv)
+            if args is None:
+                reason = not_run_reason(argv)
+                assert reason, f"{where} is neither a bench command nor listed in NOT_RUN with a reason"
+                self.log.append(f"not run ({reason}): {where}")
+                continue
+            with self.monkeypatch.context() as patch:
+                for name, value in env.items():
+                    patch.setenv(name, value)
+                self.bench(args, where)
+
+    def bench(self, args: list[str], where: str) -> None:
+        command = next((a for a in args if a in SUBCOMMANDS), None)
+        if (_option(args, "--device") or "").startswith("cuda") and not _has_cuda():
+            self.log.append(f"not run (needs a CUDA GPU; tests/test_cuda.py covers it where one is): {where}")
+            return
+        args = list(args)
+        if _has(args, "--data-root"):  # the README's own data root (e.g. /data) is not here
+            value = _option(args, "--data-root")
+            args = [str(self.absent_root) if a == value else a.replace(f"={value}", f"={self.absent_root}")
+                    for a in args]
+        if command == "run":
+            args += [] if _has(args, "--smoke") else ["--smoke"]
+            args += [] if _has(args, "--folds") else ["--folds", "2"]
+            args += [] if _has(args, "--no-progress") else ["--no-progress"]
+        if command == "report" and not _has(args, "--smoke"):
+            args.append("--smoke")
+        expected = self.expected_error(command, args)
+        started = time.perf_counter()
+        status, err = self.call(args)
+        self.log.append(f"exit {status} in {time.perf_counter() - started:.1f} s: {where} as `bench {shlex.join(args)}`")
+        if expected is None:
+            assert status == 0, f"{where} (run as `bench {shlex.join(args)}`) exited {status}: {err}"
+        else:
+            assert status == 2 and err.count("\n") == 1 and re.fullmatch(expected, err.strip()), (
+                f"{where} should stop offline with one line matching {expected!r}; got exit {status}: {err}")
+
+    def expected_error(self, command: str | None, args: list[str]) -> str | None:
+        """The one-line error a command must stop with here, or None when it must succeed."""
+        if command == "fetch":
+            return FETCH_OFFLINE.pattern
+        if command != "run":
+            return None
+        root = Path(_option(args, "--data-root") or self.data_root)
+        names = (_option(args, "--dataset") or DEFAULT_DATASET).split(",")
+        absent = [n for n in names if n != "all" and not _usable(n, root)]
+        return FILES_ABSENT.format(root=re.escape(str(root))) if absent else None
+
+    def call(self, args: list[str]) -> tuple[int, str]:
+        """``bench ARGS`` as a fresh process would run it (plug-ins read anew)."""
+        plugins.load.cache_clear()
+        self.capsys.readouterr()
+        try:
+            status = main(args)
+        except SystemExit as exc:  # --help, --version
+            status = exc.code or 0
+        captured = self.capsys.readouterr()
+        self.out = captured.out
+        return status, captured.err
+
+    # ------------------------------------------------------------------ Python snippets
+    def python(self, snippet: Snippet) -> None:
+        where = f"README.md:{snippet.line} (python)"
+        path = self.folder / "snippet.py"
+        path.write_text(snippet.text)
+        try:
+            classes = plugins.parse(path, "snippet").classes.values()
+        except SyntaxError as exc:
+            pytest.fail(f"{where}: does not parse: {exc}")
+        kinds = {kind for kind in plugins.KINDS for cls in classes
+                 if "name" in cls.body and cls.derives_from(plugins.KINDS[kind])}
+        if not kinds:
+            code = compile(snippet.text, where, "exec")
+            exec(code, {"__name__": "__main__"})  # noqa: S102 - the README's own example
+            runner.load_dataset.cache_clear()  # it may have written a dataset's files
+            self.log.append(f"ran as a script: {where}")
+            return
+        for kind in kinds:
+            before = set(plugins.load(kind))
+            target = self.plugin_root / kind / f"readme_{snippet.line}.py"
+            target.write_text(snippet.text)
+            plugins.load.cache_clear()
+            added = set(plugins.load(kind)) - before
+            assert added, f"{where}: the plug-in file registers no new {kind[:-1]}"
+            status, err = self.call(["list"])
+            listed = {line.split()[0]: line.split()[1] for line in self.out.splitlines()
+                      if line.startswith("  ") and len(line.split()) > 1}
+            assert status == 0 and all(listed.get(name) not in (None, "broken") for name in added), (
+                f"{where}: `bench list` does not show {sorted(added)}: {self.out}{err}")
+            for name in sorted(added):
+                self.try_plugin(kind, name, where)
+
+    def try_plugin(self, kind: str, name: str, where: str) -> None:
+        if kind == "methods":
+            dataset = "yeast" if FEATURES in plugins.info("methods", name).accepts else "mnist-mosaic"
+            self.bench(["run", "--method", name, "--dataset", dataset], f"{where}: method {name!r}")
+            assert f"{name} (smoke)" in self.out, f"{where}: no table row for {name!r}: {self.out}"
+        else:
+            self.bench(["run", "--method", "br", "--dataset", name], f"{where}: dataset {name!r}")
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _usable(dataset: str, root: Path) -> bool:
+    """Embedded, or its files are under ``root``; an unknown name too (the command itself must then
+    exit 0, which its one-line error fails, naming it)."""
+    if dataset not in plugins.load("datasets"):
+        return True
+    cls = plugins.get("datasets", dataset)
+    return cls.embedded or cls().is_available(root)
+
+
+def _offline(*args, **kwargs):
+    raise OSError("network cut by tests/test_readme.py")
+
+
+def run_section(snippets: list[Snippet], scenario: Scenario) -> list[str]:
+    for snippet in snippets:
+        if snippet.language == "python":
+            scenario.python(snippet)
+        else:
+            scenario.shell(snippet)
+    return scenario.log
+
+
+SECTIONS = sections(README.read_text())
+
+
+@pytest.mark.parametrize("section", list(SECTIONS))
+def test_readme_section_runs_as_documented(section, tmp_path, monkeypatch, capsys):
+    log = run_section(SECTIONS[section], Scenario(tmp_path / "scenario", monkeypatch, capsys))
+    print("\n".join(log))  # shown with -rP: what ran, how long it took, what was not run and why
+    assert log  # every listed section has something to run or to account for
+
+
+def test_every_bench_subcommand_the_readme_documents_is_run_somewhere():
+    """A guard on this test's own reach: the README's commands are found and each subcommand is
+    among them (a parser that found nothing would pass every section vacuously)."""
+    found = {next((a for a in args if a in SUBCOMMANDS), None)
+             for snippets in SECTIONS.values() for s in snippets if s.language != "python"
+             for argv in commands(s) if (args := bench_args(argv)) is not None}
+    assert set(SUBCOMMANDS) <= found
+    assert sum(s.language == "python" for snippets in SECTIONS.values() for s in snippets) >= 2
+
+
+BROKEN = """
+## Broken
+```bash
+bench run --method br --dataset yeast --set C=abc   # a typo in the value
+```
+"""
+UNKNOWN = """
+## Unknown
+```bash
+make install
+```
+"""
+
+
+@pytest.mark.parametrize("text, message", [
+    (BROKEN, "README.md:3: `bench run --method br --dataset yeast --set C=abc` (run as "),
+    (BROKEN.replace("bench run", "BENCH_THREADS=0 bench run").replace(" --set C=abc", ""),
+     "README.md:3: `BENCH_THREADS=0 bench run --method br --dataset yeast` (run as "),
+    (BROKEN.replace("yeast", "yaest"), "exited 2: bench: error: unknown dataset 'yaest'"),
+    (UNKNOWN, "README.md:3: `make install` is neither a bench command nor listed in NOT_RUN"),
+])
+def test_a_broken_or_unlisted_readme_command_fails_naming_its_line(text, message, tmp_path, monkeypatch, capsys):
+    [snippets] = sections(text).values()
+    with pytest.raises(AssertionError, match=re.escape(message)):
+        run_section(snippets, Scenario(tmp_path / "scenario", monkeypatch, capsys))
+
+
+def test_a_gpu_command_is_accounted_for_where_torch_sees_no_gpu(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys.modules[__name__], "_has_cuda", lambda: False)
+    [snippets] = sections("## GPU\n```bash\nbench run --method der --device cuda:0\n```\n").values()
+    log = run_section(snippets, Scenario(tmp_path / "scenario", monkeypatch, capsys))
+    assert log == ["not run (needs a CUDA GPU; tests/test_cuda.py covers it where one is): "
+                   "README.md:2: `bench run --method der --device cuda:0`"]
