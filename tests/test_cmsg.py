@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import pickle
 import socket
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -190,6 +191,8 @@ def test_the_default_sentence_model_embeds_label_names_offline(no_network):
     assert cos[0, 1] > cos[0, 2] and cos[0, 1] > 0.5             # cat is nearer dog than dining table
     np.testing.assert_array_equal(le.label_embeddings(names), e)  # cached, and a copy
     assert le._minilm_embeddings.cache_info().hits >= 1
+    # transformers imports any module named `datasets` it finds: never the plug-in folder
+    assert "datasets" not in sys.modules and "methods" not in sys.modules
 
 
 GLOVE = """cat 1.0 0.0 0.0 0.5
