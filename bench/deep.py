@@ -55,6 +55,7 @@ for the token network of :meth:`build_model` ``backbone`` and ``pretrained``. Th
                                   :func:`bench.metrics.evaluate` (direction from the name)
 ``amp``               True        bf16 autocast of the forward pass on CUDA (losses stay float32)
 ``ema_decay``         None        keep an EMA of the weights with this decay and predict with it
+``ema_warmup``        False       EMA decay min(ema_decay, (1 + t) / (10 + t)) at update t (short runs)
 ``num_workers``       None        DataLoader workers (None: automatic)
 ``channels_last``     True        NHWC memory format on CUDA
 ``steps_per_epoch``   None        cap on the batches per epoch (smoke tests)
@@ -168,6 +169,7 @@ OPTIONAL_PARAMS: dict[str, object] = {
     "monitor": "val_mAP",
     "amp": True,
     "ema_decay": None,
+    "ema_warmup": False,
     "num_workers": None,
     "channels_last": True,
     "steps_per_epoch": None,
@@ -347,7 +349,8 @@ class DeepMethod(Method):
     # ------------------------------------------------------------------ fit / predict
     def fit(self, train: MultiLabelData, val: MultiLabelData | None = None) -> DeepMethod:
         train, val = self.prepare_fit(train, val)
-        ema = EMA(self.model_, float(self.param("ema_decay"))) if self.param("ema_decay") is not None else None
+        ema = (EMA(self.model_, float(self.param("ema_decay")), bool(self.param("ema_warmup")))
+               if self.param("ema_decay") is not None else None)
         self._ema = ema
         config = LoopConfig(device=self.device_, amp=bool(self.param("amp")),
                             steps_per_epoch=self.param("steps_per_epoch"), monitor=self.param("monitor"),
