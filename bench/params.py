@@ -11,7 +11,8 @@ sources decide the value a job runs with, the first that gives one winning:
 3. the constructor's default.
 
 ``bench run --smoke`` then sets, on top of all three, the parameters of :data:`SMOKE_SCHEDULE` that a
-method has (a one-epoch, two-step schedule): a check that a set-up runs end to end in seconds, not a
+method has (a one-epoch, two-step schedule), and the runner keeps only the first
+:data:`SMOKE_EXAMPLES` examples of each fold's training and test parts: a check that a set-up runs end to end in seconds, not a
 result. A smoke job is a job of its own (``config["smoke"]``), and the results layer keeps its
 records out of the real rows (:mod:`bench.results`).
 
@@ -39,6 +40,9 @@ WORDS = {"true": True, "false": False, "none": None}
 #: ``bench run --smoke``: the tiny schedule, for the common names a method has (``bench.deep``'s
 #: ``epochs``, ``steps_per_epoch``); the method conformance suite builds its tiny models on it too.
 SMOKE_SCHEDULE = {"epochs": 1, "steps_per_epoch": 2}
+#: ``bench run --smoke`` also keeps only the first this many examples of each fold's training and test
+#: parts, so that prediction and validation (which the schedule does not shorten) take seconds too.
+SMOKE_EXAMPLES = 96
 
 
 # ----------------------------------------------------------------------------- parsing

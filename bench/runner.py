@@ -242,7 +242,10 @@ class _JobPart:
         data = load_dataset(job.dataset, job.data_root)
         if job.extractor:  # a feature-only method on an image-only dataset: the cached CNN features
             data = image_features.with_views(data, job.views_file)
-        train, test = data.subset(job.split.train), data.subset(job.split.test)
+        train_index, test_index = job.split.train, job.split.test
+        if job.smoke:  # a check of the set-up, not a result: a few examples suffice
+            train_index, test_index = train_index[:params.SMOKE_EXAMPLES], test_index[:params.SMOKE_EXAMPLES]
+        train, test = data.subset(train_index), data.subset(test_index)
         job_params = dict(job.params)
         if "device" in job_params:
             job_params["device"] = device
