@@ -480,6 +480,21 @@ def test_smoke_runs_a_tiny_schedule_over_set_as_jobs_of_their_own(isolated, tmp_
     assert all(r["config"]["params"]["epochs"] == 3 and len(r["history"]) == 3 for r in real)
 
 
+def test_smoke_runs_keep_only_the_first_examples_of_each_fold(isolated, tmp_path, capsys, monkeypatch):
+    from bench import params
+
+    monkeypatch.setattr(params, "SMOKE_EXAMPLES", 7)
+    base = ["run", "--method", "br", "--dataset", "tiny", "--folds", "2", "--no-progress"]
+    assert main(base) == 0 and main([*base, "--smoke"]) == 0
+    capsys.readouterr()
+    records = _stored(tmp_path, "br")
+    smoke = [r for r in records if r["config"].get("smoke")]
+    real = [r for r in records if not r["config"].get("smoke")]
+    assert len(smoke) == len(real) == 2
+    assert all(r["n_train"] == 7 and r["n_test"] == 7 for r in smoke)
+    assert all(r["n_train"] > 7 and r["n_test"] > 7 for r in real)
+
+
 def test_smoke_runs_stay_out_of_real_tables_and_show_apart_when_asked(isolated, tmp_path, capsys, caplog):
     (isolated / "methods" / "scheduled.py").write_text(SCHEDULED)
     base = ["run", "--method", "scheduled,br", "--dataset", "tiny", "--folds", "2", "--no-progress"]
