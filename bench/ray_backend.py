@@ -79,7 +79,7 @@ def dispatch(tasks: list, run: Callable, *, device: str, on_result: Callable, ad
         remote = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(_run_on_ray)
         pending = {}
         for task in tasks:
-            wants_gpu = device.startswith("cuda") and "device" in task[0].params  # a method using torch
+            wants_gpu = device.startswith("cuda") and task[0].uses_torch
             share = gpu_share(memory_mb(task), gpu_mb) if wants_gpu else 0.0
             ref = remote.options(num_cpus=max(1, task[0].threads), num_gpus=share).remote(run, task, device, share)
             pending[ref] = task
@@ -91,7 +91,7 @@ def dispatch(tasks: list, run: Callable, *, device: str, on_result: Callable, ad
                     result = ray.get(ref)
                 except ray.exceptions.RayError as exc:  # the worker died MAX_RETRIES + 1 times
                     error = f"Ray task failed: {one_line(exc)}"
-                    result = [({"job_id": j.job_id, "job": j.describe(), "error": error}, None) for j in task]
+                    result = [(j.failure(error), None) for j in task]
                 on_result(result)
     finally:
         if started:

@@ -107,6 +107,16 @@ class Job:
     def describe(self) -> str:
         return f"{self.method} on {self.dataset} ({self.split.protocol} seed {self.split.seed} fold {self.split.fold})"
 
+    @property
+    def uses_torch(self) -> bool:
+        """A method with a ``device`` parameter runs on torch (and may want a GPU); others never do."""
+        return "device" in self.params
+
+    def failure(self, error: str, trace: str | None = None) -> dict:
+        """The record of this job when it failed: what the run summary and the error report read."""
+        return {"job_id": self.job_id, "job": self.describe(), "error": error,
+                **({"traceback": trace} if trace is not None else {})}
+
 
 @functools.lru_cache(maxsize=2)
 def load_dataset(name: str, data_root: str) -> MultiLabelData:
@@ -416,7 +426,7 @@ def run_task(task: Sequence[Job], device) -> list[tuple[dict, dict | None]]:
     """Run one task in a worker: a single job, or the folds of one method trained together. Each
     job gives ``(record, arrays)``; a failure gives an error record (``error``) and no arrays, for
     every job of the task."""
-    if "device" not in task[0].params:  # a method without torch holds no GPU
+    if not task[0].uses_torch:  # a method without torch holds no GPU
         device = "cpu"
     with backends.holding(device, [j.job_id for j in task]) as lease:
         try:
@@ -428,11 +438,10 @@ def run_task(task: Sequence[Job], device) -> list[tuple[dict, dict | None]]:
                 record["environment"].update(lease.describe())
             return results
         except BenchError as exc:
-            return [({"job_id": j.job_id, "job": j.describe(), "error": one_line(exc)}, None) for j in task]
+            return [(j.failure(one_line(exc)), None) for j in task]
         except Exception as exc:  # a bug in one method must not lose the other jobs' results
             error, trace = one_line(exc, with_type=True), traceback.format_exc()
-            return [({"job_id": j.job_id, "job": j.describe(), "error": error, "traceback": trace}, None)
-                    for j in task]
+            return [(j.failure(error, trace), None) for j in task]
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -535,7 +544,7 @@ def run_jobs(jobs: list[Job], *, device: str = "auto", n_jobs: int = 1, threads:
             pending.append(job)
         else:
             done.append(record)
-    needs_torch = any("device" in j.params for j in pending)
+    needs_torch = any(j.uses_torch for j in pending)
     device = backends.resolve_device(device, needs_torch)
     tasks = group_jobs(pending, stack_folds == "on" or (stack_folds == "auto" and device.startswith("cuda")))
     n_jobs = max(1, min(n_jobs if n_jobs > 0 else backends.available_cores(), len(tasks) or 1))
@@ -608,8 +617,7 @@ def _dispatch(tasks: list[tuple[Job, ...]], store: ResultStore | None, device: s
                 try:
                     store.write(record, arrays)
                 except OSError as exc:
-                    record = {"job_id": record["job_id"], "job": by_id[record["job_id"]].describe(),
-                              "error": f"could not store the result: {one_line(exc)}"}
+                    record = by_id[record["job_id"]].failure(f"could not store the result: {one_line(exc)}")
             out.append(record)
             bar.update()
             if on_record is not None and "error" not in record:
