@@ -6,8 +6,9 @@ sources decide the value a job runs with, the first that gives one winning:
 1. ``--set key=value`` (or ``--set method.key=value``, scoped to one method);
 2. the dataset's ``scale_defaults`` (:attr:`bench.api.Dataset.scale_defaults`): the settings its
    scale calls for, e.g. a small CNN and a short schedule on the 56 x 56 ``mnist-mosaic``; keys
-   scoped like ``--set``; they apply to a method only for the parameters it has, and
-   ``bench run --paper-defaults`` switches them off;
+   scoped like ``--set``, where a scope may also name a method *family* (``order_free_rnn.backbone``
+   applies to ``order_free_rnn`` and to every ablation whose ``ablation_of`` is it); they apply to a
+   method only for the parameters it has, and ``bench run --paper-defaults`` switches them off;
 3. the constructor's default.
 
 ``bench run --smoke`` then sets, on top of all three, the parameters of :data:`SMOKE_SCHEDULE` that a
@@ -79,13 +80,17 @@ def defaults(cls: type) -> dict[str, object]:
     return cls().get_params(deep=False)
 
 
-def applicable(cls: type, settings: dict[str, object], params: dict) -> dict[str, object]:
+def applicable(cls: type, settings: dict[str, object], params: dict, family: bool = False) -> dict[str, object]:
     """The entries of ``settings`` (keys ``name`` or ``method.name``) that name a parameter of
-    ``cls``; a scoped key wins over a plain one."""
+    ``cls``; a scoped key wins over a plain one. With ``family`` (scale settings), a scope may also
+    name the method ``cls`` is an ablation of, and the method's own scope wins over its family's."""
+    scopes = {"": 0, cls.name: 2}
+    if family and getattr(cls, "ablation_of", ""):
+        scopes[cls.ablation_of] = 1
     out: dict[str, object] = {}
-    for key, value in sorted(settings.items(), key=lambda kv: "." in kv[0]):  # scoped ones last
-        scope, _, name = key.rpartition(".")
-        if scope in ("", cls.name) and name in params:
+    entries = [(key.rpartition("."), value) for key, value in settings.items()]
+    for (scope, _, name), value in sorted(entries, key=lambda e: scopes.get(e[0][0], -1)):  # narrowest last
+        if scope in scopes and name in params:
             out[name] = value
     return out
 
@@ -106,9 +111,13 @@ def resolve(cls: type, overrides: dict, scale_defaults: dict | None = None, smok
     applicable :data:`SMOKE_SCHEDULE` on top of both."""
     params = defaults(cls)
     smoked = smoke_values(cls) if smoke else {}
-    applied = _differing(_coerced(cls, applicable(cls, overrides, params), "--set"), params)
-    scaled = {k: v for k, v in applicable(cls, scale_defaults or {}, params).items() if k not in applied}
-    scaled = _differing(_coerced(cls, scaled, "scale default"), params)
+    given = _coerced(cls, applicable(cls, overrides, params), "--set")
+    scale = _coerced(cls, applicable(cls, scale_defaults or {}, params, family=True), "scale default")
+    # A value the user gives always wins over a scale setting, also when it equals the class default
+    # (``--set pretrained=true`` where the dataset's scale says False); it is an override when it
+    # changes what would run without it.
+    applied = _differing(given, {**params, **scale})
+    scaled = _differing({k: v for k, v in scale.items() if k not in applied}, params)
     applied, scaled = ({k: v for k, v in d.items() if k not in smoked} for d in (applied, scaled))
     return Resolved({**params, **scaled, **applied, **smoked}, applied, scaled, smoked)
 

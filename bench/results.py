@@ -256,9 +256,17 @@ def stale_keys(record: Record, cache: dict | None = None) -> list[str]:
     stored = _plain(identity_params(cfg.params))
     missing = object()  # a parameter that came or went differs from any value
     changed = [k for k in expected.keys() | stored.keys() if expected.get(k, missing) != stored.get(k, missing)]
-    declared = getattr(_dataset_class(cfg.dataset), "scale_defaults", None) or {}
-    changed += [k for k, v in _plain(cfg.scale_defaults).items() if k in declared and _plain({k: declared[k]})[k] != v]
+    declared = _declared_scale(cfg.method, cfg.dataset, stored)
+    changed += [k for k, v in _plain(cfg.scale_defaults).items() if k in declared and declared[k] != v]
     return sorted(set(changed))
+
+
+def _declared_scale(method: str, dataset: str, params: dict) -> dict:
+    """The dataset's scale settings as they apply to ``method`` today (its family's scope included)."""
+    from bench.params import applicable
+
+    cls, declared = _method_class(method), getattr(_dataset_class(dataset), "scale_defaults", None) or {}
+    return {} if cls is None else _plain(applicable(cls, declared, params, family=True))
 
 
 def _smoke_values(method: str) -> dict:

@@ -72,6 +72,31 @@ def test_an_override_equal_to_the_default_is_no_override():
     assert params.resolve(Typed, {}, {"rate": 0.1, "layers": 3}).scale_defaults == {"layers": 3}
 
 
+def test_a_given_value_wins_over_the_scale_setting_even_when_it_is_the_class_default():
+    # The scale says layers=4; the user asks for the class default 2: it runs 2, and the row says so.
+    resolved = params.resolve(Typed, {"layers": 2}, {"layers": 4, "rate": 0.3})
+    assert resolved.params["layers"] == 2
+    assert resolved.overrides == {"layers": 2}
+    assert resolved.scale_defaults == {"rate": 0.3}
+    # Equal to the scale setting: the same job as without --set (the scale setting, no override).
+    resolved = params.resolve(Typed, {"layers": 4}, {"layers": 4})
+    assert (resolved.params["layers"], resolved.overrides, resolved.scale_defaults) == (4, {}, {"layers": 4})
+
+
+class TypedAblation(Typed):
+    name = "typed_small"
+    ablation_of = "typed"
+
+
+def test_scale_settings_scoped_to_a_family_reach_its_ablations_and_the_own_scope_wins():
+    scale = {"layers": 3, "typed.layers": 5, "typed.rate": 0.2, "typed_small.rate": 0.4}
+    assert params.resolve(Typed, {}, scale).params["layers"] == 5
+    ablation = params.resolve(TypedAblation, {}, scale)
+    assert (ablation.params["layers"], ablation.params["rate"]) == (5, 0.4)
+    # --set keeps its exact scope: `typed.rate` is not given to the ablation.
+    assert params.resolve(TypedAblation, {"typed.rate": 0.9}).params["rate"] == 0.1
+
+
 def test_scale_defaults_fill_only_what_the_method_has_and_the_user_did_not_set():
     scale = {"rate": 0.3, "layers": 4, "epochs": 10, "other.mode": "slow", "typed.mode": "slow"}
     resolved = params.resolve(Typed, {"layers": 8}, scale)
