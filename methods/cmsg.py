@@ -88,6 +88,7 @@ pretrained=false image_size=none resize=none epochs=10``); its label names are t
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -99,11 +100,30 @@ from bench.api import ablation_init
 from bench.data import MultiLabelData
 from bench.deep import DeepMethod
 from bench.errors import BenchError
-from bench.label_embeddings import check_source, label_embeddings, semantic_correlation
+from bench.label_embeddings import (
+    check_prompt,
+    check_source,
+    graph_summary,
+    label_embeddings,
+    semantic_correlation,
+)
 from bench.tokens import TokenEncoder
 
 CORRELATION_WEIGHTINGS = ("mask", "log")
 POSITIONAL_ENCODINGS = ("sine", "none")
+REDUCTIONS = ("sum", "mean")
+#: The thresholds the validation readouts choose among.
+THRESHOLD_GRID = np.round(np.arange(0.02, 0.99, 0.01), 2)
+
+log = logging.getLogger(__name__)
+_said: set[str] = set()
+
+
+def _warn_once(message: str, level: int = logging.WARNING) -> None:
+    """One log line per process for a message (folds and jobs of one worker repeat it)."""
+    if message not in _said:
+        _said.add(message)
+        log.log(level, message)
 
 
 # ----------------------------------------------------------------------------- attention masks
@@ -216,7 +236,8 @@ class CMSGHead(nn.Module):
     the class-specific attention without SAA)."""
 
     def __init__(self, width: int, grid: tuple[int, int], n_labels: int, correlation: np.ndarray | None = None,
-                 layers: int = 1, heads: int = 8, ffn_dim: int | None = None, dropout: float = 0.1,
+                 sga_layers: int = 1, saa_layers: int = 1, sga_heads: int = 8, saa_heads: int = 8,
+                 ffn_dim: int | None = None, dropout: float = 0.1,
                  positional_encoding: str = "sine", correlation_weighting: str = "mask",
                  use_sga: bool = True, use_saa: bool = True, baseline: bool = False):
         super().__init__()
@@ -227,10 +248,10 @@ class CMSGHead(nn.Module):
             return
         ffn_dim = int(ffn_dim or 4 * width)
         self.class_features = ClassSpecificFeatures(width, n_labels)
-        self.sga = nn.ModuleList(MaskedSelfAttentionLayer(width, heads, ffn_dim, dropout)
-                                 for _ in range(layers if use_sga else 0))
-        self.saa = nn.ModuleList(CrossAttentionLayer(width, heads, ffn_dim, dropout)
-                                 for _ in range(layers if use_saa else 0))
+        self.sga = nn.ModuleList(MaskedSelfAttentionLayer(width, sga_heads, ffn_dim, dropout)
+                                 for _ in range(sga_layers if use_sga else 0))
+        self.saa = nn.ModuleList(CrossAttentionLayer(width, saa_heads, ffn_dim, dropout)
+                                 for _ in range(saa_layers if use_saa else 0))
         self.classifier = PerClassClassifier(width, n_labels)
         # Buffers stay finite (the EMA averages buffers too: -inf would turn into NaN); the -inf
         # mask is built from A' in every forward pass ([L, L], negligible).
@@ -278,6 +299,36 @@ def asymmetric_loss(logits: torch.Tensor, y: torch.Tensor, gamma_neg: float = 4.
     return -loss.sum(dim=1).mean()
 
 
+# ----------------------------------------------------------------------------- thresholds (readouts)
+def choose_thresholds(Y: np.ndarray, scores: np.ndarray, ignore: np.ndarray | None = None
+                      ) -> tuple[float, np.ndarray]:
+    """On a validation part: the global threshold of :data:`THRESHOLD_GRID` with the highest
+    micro-F1, and per label the one with the highest F1 (0.5 for a label without a positive);
+    ties go to the value nearest 0.5. ``ignore`` (1: not counted) as in :func:`bench.metrics.evaluate`."""
+    Y = np.asarray(Y, dtype=bool)
+    counted = np.ones_like(Y) if ignore is None else ~np.asarray(ignore, dtype=bool)
+    grid = THRESHOLD_GRID[np.argsort(np.abs(THRESHOLD_GRID - 0.5), kind="stable")]   # nearest 0.5 first
+    predicted = scores[None] >= grid[:, None, None]                                   # [T, n, L]
+    tp = (predicted & Y & counted).sum(axis=1)                                        # [T, L]
+    fp = (predicted & ~Y & counted).sum(axis=1)
+    fn = (~predicted & Y & counted).sum(axis=1)
+    micro = 2 * tp.sum(1) / np.maximum(2 * tp.sum(1) + fp.sum(1) + fn.sum(1), 1)
+    per_label = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+    thresholds = grid[per_label.argmax(axis=0)]
+    thresholds[(Y & counted).sum(axis=0) == 0] = 0.5
+    return float(grid[micro.argmax()]), thresholds.astype(np.float64)
+
+
+def move_threshold(scores: np.ndarray, threshold) -> np.ndarray:
+    """Scores in [0, 1] mapped by the increasing piecewise-linear map that sends 0 -> 0, the
+    threshold t -> 0.5 and 1 -> 1 (t a scalar or one per label), so that thresholding the result
+    at 0.5 is thresholding the scores at t, and each label's ranking is kept."""
+    t = np.asarray(threshold, dtype=np.float64)
+    below = np.minimum(0.5 * scores / t, np.nextafter(0.5, 0))
+    above = 0.5 + 0.5 * (scores - t) / (1 - t)
+    return np.clip(np.where(scores >= t, above, below), 0.0, 1.0)
+
+
 # ----------------------------------------------------------------------------- the method
 class CMSG(DeepMethod):
     """CMSG (Huang et al., Intelligent Data Analysis): see the module docstring for the model and readings."""
@@ -291,10 +342,11 @@ class CMSG(DeepMethod):
                  image_size: int | None = 448, resize: int | None = 512, flip: bool = True,
                  inputs: str = "auto", width: int | None = None,
                  label_embedding: str = "minilm", tau: float = 0.4, reweight_p: float = 0.2,
-                 correlation_weighting: str = "mask", layers: int = 1, heads: int = 8,
+                 label_prompt: str | None = None, correlation_weighting: str = "mask",
+                 sga_layers: int = 1, saa_layers: int = 1, sga_heads: int = 8, saa_heads: int = 8,
                  ffn_dim: int | None = None, dropout: float = 0.1, positional_encoding: str = "sine",
                  use_sga: bool = True, use_saa: bool = True, use_correlation: bool = True, baseline: bool = False,
-                 gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05,
+                 gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05, reduction: str = "sum",
                  epochs: int = 40, batch_size: int = 32, lr: float = 1e-4, weight_decay: float = 1e-4,
                  pct_start: float = 0.2, ema_decay: float | None = 0.9997, ema_warmup: bool = True,
                  val_fraction: float = 0.0, patience: int | None = None, monitor: str = "val_mAP",
@@ -310,9 +362,12 @@ class CMSG(DeepMethod):
         self.label_embedding = label_embedding
         self.tau = tau
         self.reweight_p = reweight_p
+        self.label_prompt = label_prompt
         self.correlation_weighting = correlation_weighting
-        self.layers = layers
-        self.heads = heads
+        self.sga_layers = sga_layers
+        self.saa_layers = saa_layers
+        self.sga_heads = sga_heads
+        self.saa_heads = saa_heads
         self.ffn_dim = ffn_dim
         self.dropout = dropout
         self.positional_encoding = positional_encoding
@@ -323,6 +378,7 @@ class CMSG(DeepMethod):
         self.gamma_neg = gamma_neg
         self.gamma_pos = gamma_pos
         self.clip = clip
+        self.reduction = reduction
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -348,26 +404,53 @@ class CMSG(DeepMethod):
     def setup(self, train: MultiLabelData) -> None:
         """Hook 1: the label-name embeddings and the semantic correlation matrix A' of the training
         part's label names (cached per process: every fold has the same names)."""
-        self.correlation_ = None
+        self.correlation_ = self.graph_ = None
         if self.uses_correlation():
-            embeddings = label_embeddings(train.label_names, self.label_embedding)
+            embeddings = label_embeddings(train.label_names, self.label_embedding, self.label_prompt)
             self.embedding_dim_ = int(embeddings.shape[1])
             self.correlation_ = semantic_correlation(embeddings, self.tau, self.reweight_p)
+            self.graph_ = graph_summary(self.correlation_, train.label_names)
+            isolated = ", ".join(self.graph_["isolated"][:10]) + (" ..." if len(self.graph_["isolated"]) > 10 else "")
+            line = (f"method {self.name!r}: label graph of {train.n_labels} labels at tau={self.tau}: density "
+                    f"{self.graph_['density']:.2f}, {len(self.graph_['isolated'])} isolated"
+                    + (f" ({isolated})" if isolated else ""))
+            if self.graph_["complete"]:
+                _warn_once(line + ": the graph is complete, the mask blocks nothing, so this run equals "
+                                  "cmsg_no_correlation (the correlation ablation is void on these label names)")
+            else:
+                _warn_once(line, logging.INFO)
 
     def build_head(self, encoder: TokenEncoder, n_labels: int) -> CMSGHead:
-        if not self.baseline and encoder.width % int(self.heads):
-            raise BenchError(f"method {self.name!r}: heads={self.heads} must divide the token width "
-                             f"{encoder.width} (set width=... or another number of heads)")
-        return CMSGHead(encoder.width, encoder.grid, n_labels, self.correlation_, layers=int(self.layers),
-                        heads=int(self.heads), ffn_dim=self.ffn_dim, dropout=float(self.dropout),
+        for name, used in (("sga_heads", self.use_sga), ("saa_heads", self.use_saa)):
+            if not self.baseline and used and encoder.width % int(getattr(self, name)):
+                raise BenchError(f"method {self.name!r}: {name}={getattr(self, name)} must divide the token width "
+                                 f"{encoder.width} (set width=... or another number of heads)")
+        if not self.baseline and math.prod(encoder.grid) == 1:
+            _warn_once(f"method {self.name!r}: the inputs give one token (one feature view, or a 1 x 1 map): "
+                       "every attention is over a single position, so CMSG reduces to an MLP shared by the "
+                       "labels followed by a per-class linear layer, and SGA's label graph changes nothing")
+        return CMSGHead(encoder.width, encoder.grid, n_labels, self.correlation_,
+                        sga_layers=int(self.sga_layers), saa_layers=int(self.saa_layers),
+                        sga_heads=int(self.sga_heads), saa_heads=int(self.saa_heads),
+                        ffn_dim=self.ffn_dim, dropout=float(self.dropout),
                         positional_encoding=self.positional_encoding,
                         correlation_weighting=self.correlation_weighting, use_sga=bool(self.use_sga),
                         use_saa=bool(self.use_saa), baseline=bool(self.baseline))
 
     def compute_loss(self, outputs: dict[str, torch.Tensor], y: torch.Tensor
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """ASL per image (summed over the labels, averaged over the batch): the validation loss and
+        the logged ``asl`` term, comparable across batch sizes. :meth:`training_loss` applies
+        ``reduction``."""
         loss = asymmetric_loss(outputs["logits"], y, self.gamma_neg, self.gamma_pos, self.clip)
         return loss, {"asl": loss}
+
+    def training_loss(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss that trains: ``reduction="sum"`` sums over the batch's images as ASL's training
+        script does (with Adam's coupled L2 decay, the decay's weight relative to the data term
+        depends on it); ``"mean"`` averages them."""
+        loss, terms = super().training_loss(batch)
+        return (loss * len(batch) if self.reduction == "sum" else loss), terms
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """Adam; weight decay on the weight matrices and kernels only, not on biases and
@@ -384,14 +467,40 @@ class CMSG(DeepMethod):
                                                    steps_per_epoch=max(int(steps_per_epoch), 1),
                                                    pct_start=self.pct_start)
 
+    # -------------------------------------------------------------- thresholds chosen on validation
+    def calibrate(self, val: MultiLabelData | None) -> None:
+        """Hook 6, the in-fold rule (validation carve-out only, never a test fold): with a
+        validation part (``val_fraction`` > 0), the global threshold that maximises its micro-F1
+        and the per-label thresholds that maximise each label's F1, from the final (EMA) weights.
+        They make the readouts ``val_threshold`` and ``val_thresholds`` (:meth:`predict_readouts`);
+        the method's own row keeps the papers' 0.5."""
+        self.val_threshold_ = self.val_thresholds_ = None
+        if val is None or val.n_samples == 0:
+            return
+        scores = self.predict_scores(val)
+        self.val_threshold_, self.val_thresholds_ = choose_thresholds(val.Y, scores, val.ignore)
+
+    def predict_readouts(self, data: MultiLabelData) -> dict[str, np.ndarray]:
+        """With a validation part: the scores mapped monotonically (per label) so that 0.5 falls on
+        the threshold chosen on it, ``val_threshold`` (one for all labels: every ranking metric
+        equals the main row's) and ``val_thresholds`` (one per label: each label's AP is
+        unchanged, the example-based ranking metrics change). Without one: none."""
+        if getattr(self, "val_threshold_", None) is None:
+            return {}
+        scores = self.predict_scores(data)
+        return {"val_threshold": move_threshold(scores, self.val_threshold_),
+                "val_thresholds": move_threshold(scores, self.val_thresholds_)}
+
     # -------------------------------------------------------------- checks (before any job)
     def _check_params(self) -> None:
         super()._check_params()
         where = f"method {self.name!r}"
         if self.uses_correlation():
             check_source(self.label_embedding)
-            if not 0 <= self.reweight_p < 1:
-                raise BenchError(f"{where}: reweight_p must be in [0, 1), got {self.reweight_p!r}")
+            check_prompt(self.label_prompt, self.label_embedding)
+            if not 0 < self.reweight_p < 1:
+                raise BenchError(f"{where}: reweight_p must be in (0, 1), got {self.reweight_p!r} (0 gives the "
+                                 "neighbours no weight, so the mask would block all label-to-label attention)")
             if not -1 <= self.tau <= 1:
                 raise BenchError(f"{where}: tau is a cosine-similarity threshold in [-1, 1], got {self.tau!r}")
         if self.correlation_weighting not in CORRELATION_WEIGHTINGS:
@@ -400,7 +509,7 @@ class CMSG(DeepMethod):
         if self.positional_encoding not in POSITIONAL_ENCODINGS:
             raise BenchError(f"{where}: positional_encoding must be one of {', '.join(POSITIONAL_ENCODINGS)}, "
                              f"got {self.positional_encoding!r}")
-        for name in ("layers", "heads"):
+        for name in ("sga_layers", "saa_layers", "sga_heads", "saa_heads"):
             value = getattr(self, name)
             if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
                 raise BenchError(f"{where}: {name} must be a positive integer, got {value!r}")
@@ -411,13 +520,19 @@ class CMSG(DeepMethod):
         if self.gamma_neg < 0 or self.gamma_pos < 0 or not 0 <= self.clip < 1:
             raise BenchError(f"{where}: gamma_neg, gamma_pos must be >= 0 and clip in [0, 1), got "
                              f"{self.gamma_neg!r}, {self.gamma_pos!r}, {self.clip!r}")
+        if self.reduction not in REDUCTIONS:
+            raise BenchError(f"{where}: reduction must be one of {', '.join(REDUCTIONS)}, got {self.reduction!r}")
         if not 0 < self.pct_start < 1:
             raise BenchError(f"{where}: pct_start must be in (0, 1), got {self.pct_start!r}")
 
 
 # ----------------------------------------------------------------------------- ablations (Table 4)
 #: The settings only SGA's correlation matrix reads, fixed in the ablations that have no use for it.
-_NO_GRAPH = {"label_embedding": "minilm", "tau": 0.4, "reweight_p": 0.2, "correlation_weighting": "mask"}
+_NO_GRAPH = {"label_embedding": "minilm", "label_prompt": None, "tau": 0.4, "reweight_p": 0.2,
+             "correlation_weighting": "mask"}
+#: The sizes of a module an ablation leaves out.
+_NO_SGA = {"sga_layers": 1, "sga_heads": 8}
+_NO_SAA = {"saa_layers": 1, "saa_heads": 8}
 
 
 class CMSGBaseline(CMSG):
@@ -429,7 +544,7 @@ class CMSGBaseline(CMSG):
                 "image classification. Intelligent Data Analysis, doi 10.3233/IDA-230239; ablation: ResNet-101 "
                 "baseline (Table 4)")
     __init__ = ablation_init(CMSG, {**_NO_GRAPH, "baseline": True, "use_sga": False, "use_saa": False,
-                                    "use_correlation": False, "layers": 1, "heads": 8, "ffn_dim": None,
+                                    "use_correlation": False, **_NO_SGA, **_NO_SAA, "ffn_dim": None,
                                     "dropout": 0.1, "positional_encoding": "sine"})
 
 
@@ -440,7 +555,8 @@ class CMSGNoSGA(CMSG):
     ablation_of = "cmsg"
     citation = ("J. Huang, D. Wang, X. Hong, X. Qu, W. Xue. Cross-modality semantic guidance for multi-label "
                 "image classification. Intelligent Data Analysis, doi 10.3233/IDA-230239; ablation: w/o SGA (Table 4)")
-    __init__ = ablation_init(CMSG, {**_NO_GRAPH, "use_sga": False, "use_correlation": False, "baseline": False})
+    __init__ = ablation_init(CMSG, {**_NO_GRAPH, **_NO_SGA, "use_sga": False, "use_correlation": False,
+                                    "baseline": False})
 
 
 class CMSGNoSAA(CMSG):
@@ -450,7 +566,7 @@ class CMSGNoSAA(CMSG):
     ablation_of = "cmsg"
     citation = ("J. Huang, D. Wang, X. Hong, X. Qu, W. Xue. Cross-modality semantic guidance for multi-label "
                 "image classification. Intelligent Data Analysis, doi 10.3233/IDA-230239; ablation: w/o SAA (Table 4)")
-    __init__ = ablation_init(CMSG, {"use_saa": False, "positional_encoding": "sine", "baseline": False})
+    __init__ = ablation_init(CMSG, {**_NO_SAA, "use_saa": False, "positional_encoding": "sine", "baseline": False})
 
 
 class CMSGNoCorrelation(CMSG):

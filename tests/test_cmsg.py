@@ -273,7 +273,8 @@ def test_fit_reads_the_graph_from_the_given_embedding_and_honours_heads_and_laye
     path = tmp_path / "glove.txt"
     path.write_text(GLOVE)
     data = tiny_images()
-    method = cmsg.CMSG(**TINY, label_embedding=str(path), tau=0.9, heads=4, layers=2).fit(data)
+    method = cmsg.CMSG(**TINY, label_embedding=str(path), tau=0.9, sga_heads=4, saa_heads=4,
+                          sga_layers=2, saa_layers=2).fit(data)
     expected = le.semantic_correlation(le.label_embeddings(data.label_names, str(path)), 0.9, 0.2)
     np.testing.assert_allclose(method.correlation_, expected)
     np.testing.assert_allclose(method.head_.correlation.numpy(), expected, rtol=1e-6)
@@ -283,8 +284,8 @@ def test_fit_reads_the_graph_from_the_given_embedding_and_honours_heads_and_laye
     maps = method.class_maps(data.subset(np.arange(4)))            # SAA's attention over the positions
     assert maps.shape == (4, 4, *method.encoder_.grid)
     np.testing.assert_allclose(maps.reshape(4, 4, -1).sum(-1), 1, atol=1e-5)
-    with pytest.raises(BenchError, match="heads=3 must divide the token width 128"):
-        cmsg.CMSG(**TINY, label_embedding=str(path), heads=3).fit(data)
+    with pytest.raises(BenchError, match="sga_heads=3 must divide the token width 128"):
+        cmsg.CMSG(**TINY, label_embedding=str(path), sga_heads=3).fit(data)
 
 
 def test_bad_settings_are_refused_before_any_work(cmsg, tmp_path):
@@ -292,8 +293,8 @@ def test_bad_settings_are_refused_before_any_work(cmsg, tmp_path):
         cmsg.CMSG(label_embedding=str(tmp_path / "glove.840B.300d.txt"))._check_params()
     with pytest.raises(BenchError, match="correlation_weighting"):
         cmsg.CMSG(correlation_weighting="softmax")._check_params()
-    with pytest.raises(BenchError, match="layers must be a positive integer"):
-        cmsg.CMSG(layers=0)._check_params()
+    with pytest.raises(BenchError, match="sga_layers must be a positive integer"):
+        cmsg.CMSG(sga_layers=0)._check_params()
     cmsg.CMSGNoSGA()._check_params()                       # no graph: no embedding to check
 
 
@@ -321,4 +322,4 @@ def test_ablations_switch_the_modules_off(cmsg, tmp_path):
     assert isinstance(baseline.fc, torch.nn.Linear) and set(baseline(tokens)) == {"logits"}  # no maps
     full = head(cmsg.CMSG(label_embedding=str(path)))
     assert len(full.sga) == 1 and len(full.saa) == 1 and full.correlation is not None
-    assert "label_embedding" not in cmsg.CMSGNoSGA().get_params() and "heads" not in cmsg.CMSGBaseline().get_params()
+    assert "label_embedding" not in cmsg.CMSGNoSGA().get_params() and "sga_heads" not in cmsg.CMSGBaseline().get_params()
