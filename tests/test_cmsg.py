@@ -21,7 +21,7 @@ from conftest import plugin_module
 from bench import label_embeddings as le
 from bench.data import ImageView, MultiLabelData
 from bench.errors import BenchError
-from bench.training import EMA
+from bench.training import EMA, Batch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -323,3 +323,190 @@ def test_ablations_switch_the_modules_off(cmsg, tmp_path):
     full = head(cmsg.CMSG(label_embedding=str(path)))
     assert len(full.sga) == 1 and len(full.saa) == 1 and full.correlation is not None
     assert "label_embedding" not in cmsg.CMSGNoSGA().get_params() and "sga_heads" not in cmsg.CMSGBaseline().get_params()
+
+
+# ----------------------------------------------------------------------------- the whole head, written out
+def reference_sine_encoding(h, w, width):
+    """DETR's 2-D sine encoding from its formula, one position and channel at a time: channel k of
+    the first half encodes the row r (k even: sin, odd: cos, of (r + 1) / h * 2π * 10000^(-(k // 2) / F)),
+    the second half the column likewise; F = ceil(half / 2) frequencies, half = ceil(width / 2)."""
+    half = math.ceil(width / 2)
+    n_freq = math.ceil(half / 2)
+    pe = torch.zeros(h * w, width, dtype=torch.float64)
+    for r in range(h):
+        for c in range(w):
+            for k in range(width):
+                axis, kk = (r, k) if k < half else (c, k - half)
+                size = h if k < half else w
+                angle = (axis + 1) / size * 2 * math.pi * 10000.0 ** (-(kk // 2) / n_freq)
+                pe[r * w + c, k] = math.sin(angle) if kk % 2 == 0 else math.cos(angle)
+    return pe.float()
+
+
+@pytest.mark.parametrize("grid, width", [((2, 3), 8), ((3, 2), 12), ((1, 4), 10), ((14, 14), 16)])
+def test_sine_positional_encoding_against_its_formula(cmsg, grid, width):
+    torch.testing.assert_close(cmsg.sine_positional_encoding(grid, width), reference_sine_encoding(*grid, width),
+                               rtol=1e-5, atol=1e-5)
+
+
+def reference_cross_attention(layer, f, keys, values):
+    """One SAA layer written out: per example, head and label i, a softmax over the positions n of
+    q_i · k_n / √d_h, with k_n from X_n + P_n and v_n from X_n; then residual + LayerNorm, FFN,
+    residual + LayerNorm. Also the attention averaged over the heads [B, L, N]."""
+    mha = layer.attention
+    d, heads = f.shape[-1], mha.num_heads
+    dh = d // heads
+    wq, wk, wv = mha.in_proj_weight.detach().chunk(3)
+    bq, bk, bv = mha.in_proj_bias.detach().chunk(3)
+    out = torch.zeros_like(f)
+    maps = torch.zeros(f.shape[0], f.shape[1], keys.shape[1])
+    for b in range(f.shape[0]):
+        q, k, v = f[b] @ wq.T + bq, keys[b] @ wk.T + bk, values[b] @ wv.T + bv
+        concat = torch.zeros(f.shape[1], d)
+        for h in range(heads):
+            cols = slice(h * dh, (h + 1) * dh)
+            for i in range(f.shape[1]):
+                weights = torch.stack([q[i, cols] @ k[n, cols] / math.sqrt(dh) for n in range(len(k))]).softmax(0)
+                concat[i, cols] = sum(weights[n] * v[n, cols] for n in range(len(k)))
+                maps[b, i] += weights / heads
+        out[b] = concat @ mha.out_proj.weight.detach().T + mha.out_proj.bias.detach()
+    z = layer.norm1(f + out)
+    return layer.norm2(z + layer.ffn(z)), maps
+
+
+def reference_head(head, x, allowed, grid):
+    """CMSG's head on tokens X [B, N, D], step by step: class-specific features
+    f_c = Σ_n softmax_n(w_cᵀ X_n + b_c) X_n -> SGA (masked by ``allowed``) -> SAA (keys X + P,
+    values X) -> ŷ_c = w_cᵀ z_c + b_c, one weight vector per class."""
+    w, b = head.class_features.attend.weight.detach(), head.class_features.attend.bias.detach()
+    n_labels = len(w)
+    f = torch.zeros(x.shape[0], n_labels, x.shape[-1])
+    for i in range(x.shape[0]):
+        for c in range(n_labels):
+            a = torch.stack([w[c] @ x[i, n] + b[c] for n in range(x.shape[1])]).softmax(0)
+            f[i, c] = sum(a[n] * x[i, n] for n in range(x.shape[1]))
+    for layer in head.sga:
+        f = reference_attention(layer, f, allowed)
+    keys = x + reference_sine_encoding(*grid, x.shape[-1])
+    maps = None
+    for layer in head.saa:
+        f, maps = reference_cross_attention(layer, f, keys, x)
+    weight, bias = head.classifier.weight.detach(), head.classifier.bias.detach()
+    logits = torch.stack([torch.stack([weight[c] @ f[i, c] + bias[c] for c in range(n_labels)])
+                          for i in range(x.shape[0])])
+    return logits, maps
+
+
+@pytest.mark.parametrize("sga_layers, saa_layers", [(1, 1), (2, 1), (1, 2)])
+def test_the_whole_head_matches_a_step_by_step_reference(cmsg, sga_layers, saa_layers):
+    torch.manual_seed(3)
+    grid, width = (2, 3), 8
+    corr = graph()                                                   # 5 labels, 3 blocked pairs
+    head = cmsg.CMSGHead(width, grid, 5, corr, sga_layers=sga_layers, saa_layers=saa_layers, sga_heads=2,
+                         saa_heads=4, ffn_dim=16, dropout=0.1).eval()
+    with torch.no_grad():                                            # distinct, non-trivial class vectors
+        head.classifier.weight.normal_()
+        head.classifier.bias.normal_()
+    x = torch.randn(2, 6, width)
+    with torch.no_grad():
+        got = head(x)
+        logits, maps = reference_head(head, x, allowed=corr > 0, grid=grid)
+    torch.testing.assert_close(got["logits"], logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got["class_maps"], maps, rtol=1e-4, atol=1e-5)
+    assert {layer.attention.num_heads for layer in head.sga} == {2}
+    assert {layer.attention.num_heads for layer in head.saa} == {4}
+    assert (len(head.sga), len(head.saa)) == (sga_layers, saa_layers)
+    assert head.classifier.weight.shape == (5, width)                 # one weight vector per class
+
+
+# ----------------------------------------------------------------------------- recipe: loss, groups, schedule, defaults
+def test_compute_loss_passes_the_methods_gammas_and_clip(cmsg):
+    g = torch.Generator().manual_seed(4)
+    logits = 2 * torch.randn(6, 5, generator=g, dtype=torch.float64)
+    y = (torch.rand(6, 5, generator=g) > 0.5).double()
+    for params in [{}, {"gamma_neg": 3.0, "gamma_pos": 1.0, "clip": 0.2}]:
+        method = cmsg.CMSG(**params)
+        gn, gp, clip = method.gamma_neg, method.gamma_pos, method.clip
+        expected = np.mean([sum(asl_per_element(float(logits[b, c]), int(y[b, c]), gn, gp, clip) for c in range(5))
+                            for b in range(6)])
+        total, terms = method.compute_loss({"logits": logits}, y)
+        assert float(total) == pytest.approx(expected, rel=1e-6) and float(terms["asl"]) == float(total)
+
+
+def test_training_loss_sums_over_the_batch_as_asl_by_default(cmsg):
+    g = torch.Generator().manual_seed(5)
+    logits = 2 * torch.randn(7, 3, generator=g)
+    y = (torch.rand(7, 3, generator=g) > 0.5).float()
+    per_image = float(cmsg.asymmetric_loss(logits, y))
+    batch = Batch(logits, y, torch.arange(7))
+    for reduction, factor in [("sum", 7), ("mean", 1)]:
+        method = cmsg.CMSG(reduction=reduction)
+        method.model_, method.device_ = (lambda inputs: {"logits": inputs}), torch.device("cpu")
+        total, terms = method.training_loss(batch)
+        assert float(total) == pytest.approx(factor * per_image, rel=1e-6)
+        assert float(terms["asl"]) == pytest.approx(per_image, rel=1e-6)     # logged per image either way
+    assert cmsg.CMSG().reduction == "sum"
+    with pytest.raises(BenchError, match="reduction must be one of sum, mean"):
+        cmsg.CMSG(reduction="none")._check_params()
+
+
+def test_weight_decay_only_on_weight_matrices_and_adam_at_the_methods_lr(cmsg):
+    method = cmsg.CMSG(label_embedding="minilm", lr=3e-4, weight_decay=2e-4)
+    method.correlation_ = graph()
+    head = method.build_head(SimpleNamespace(width=16, grid=(2, 2)), 5)
+    optimizer = method.make_optimizer(head)
+    assert isinstance(optimizer, torch.optim.Adam)
+    decay = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 2e-4 for p in g["params"]}
+    no_decay = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert all(g["lr"] == 3e-4 for g in optimizer.param_groups)
+    names = dict(head.named_parameters())
+    for name, p in names.items():
+        exempt = name.endswith("bias") or ".norm" in name
+        assert (id(p) in no_decay, id(p) in decay) == (exempt, not exempt), name
+    assert any(".norm1.weight" in n for n in names) and "classifier.weight" in names    # both kinds present
+
+
+def test_onecycle_is_stepped_after_every_batch(cmsg):
+    data = tiny_images()
+    method = cmsg.CMSG(**{**TINY, "epochs": 3}, label_embedding="minilm", use_correlation=False, lr=1e-3).fit(data)
+    reference = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(reference, max_lr=1e-3, epochs=3, steps_per_epoch=2, pct_start=0.2)
+    expected = []
+    for _ in range(3):                                   # lr at the start of each epoch, after 2 steps each
+        expected.append(reference.param_groups[0]["lr"])
+        for _ in range(2):
+            reference.step()
+            schedule.step()
+    assert [r["lr"] for r in method.history_] == pytest.approx(expected, rel=1e-9)
+    assert cmsg.CMSG.scheduler_interval == "step"
+
+
+def test_defaults_are_the_papers_and_asls_recipe(cmsg):
+    params = cmsg.CMSG().get_params()
+    expected = dict(backbone="resnet101", pretrained=True, image_size=448, resize=512, flip=True,
+                    label_embedding="minilm", label_prompt=None, tau=0.4, reweight_p=0.2,
+                    correlation_weighting="mask", sga_layers=1, saa_layers=1, sga_heads=8, saa_heads=8,
+                    ffn_dim=None, dropout=0.1, positional_encoding="sine", use_sga=True, use_saa=True,
+                    use_correlation=True, baseline=False, gamma_neg=4.0, gamma_pos=0.0, clip=0.05,
+                    reduction="sum", lr=1e-4, weight_decay=1e-4, pct_start=0.2, ema_decay=0.9997,
+                    ema_warmup=True, val_fraction=0.0, patience=None)
+    assert {k: params[k] for k in expected} == expected
+
+
+def test_a_fitted_model_predicts_with_the_ema_weights(cmsg, monkeypatch):
+    import bench.deep
+
+    data = tiny_images()
+    trained = {}
+    real_loop = bench.deep.train_loop
+
+    def spy(model, *args, **kwargs):                     # the weights the optimizer left
+        result = real_loop(model, *args, **kwargs)
+        trained.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return result
+
+    monkeypatch.setattr(bench.deep, "train_loop", spy)
+    method = cmsg.CMSG(**TINY, use_correlation=False, lr=1e-2).fit(data)
+    final = method.model_.state_dict()
+    changed = [k for k in trained if k.endswith("weight") and not torch.equal(trained[k], final[k])]
+    assert changed, "prediction must use the EMA average, not the last weights"
