@@ -6,10 +6,12 @@ hand-computed case, the EMA warm-up, and the fitted method (hyper-parameters, ma
 
 from __future__ import annotations
 
+import logging
 import math
 import pickle
 import socket
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 from conftest import plugin_module
 
 from bench import label_embeddings as le
+from bench import plugins
 from bench.data import ImageView, MultiLabelData
 from bench.errors import BenchError
 from bench.training import EMA, Batch
@@ -510,3 +513,139 @@ def test_a_fitted_model_predicts_with_the_ema_weights(cmsg, monkeypatch):
     final = method.model_.state_dict()
     changed = [k for k in trained if k.endswith("weight") and not torch.equal(trained[k], final[k])]
     assert changed, "prediction must use the EMA average, not the last weights"
+
+
+# ----------------------------------------------------------------------------- where the label graph matters
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def semantic_images():
+    """``tests/fixtures/custom-images``: 32 grey 24 x 24 PNGs (4 KB in all) in the ``custom-images``
+    layout (labels.csv + images/), labels cat, dog, car, bus, apple, banana, each a bright square in
+    its own cell of a 3 x 3 grid. Their MiniLM graph at τ = 0.4 is not complete (cat-bus 0.29)."""
+    return plugins.get("datasets", "custom-images")().load(FIXTURES)
+
+
+def test_on_semantic_label_names_the_graph_changes_cmsgs_outputs(cmsg, semantic_images, caplog):
+    data = semantic_images
+    settings = {**TINY, "image_size": 24, "epochs": 2, "lr": 1e-3}   # files: no native size, 448 unless told
+    with caplog.at_level(logging.INFO):
+        full = cmsg.CMSG(**settings).fit(data)
+    names = list(data.label_names)
+    cat, bus = names.index("cat"), names.index("bus")
+    assert 0 < full.graph_["density"] < 1 and full.correlation_[cat, bus] == 0
+    assert any("density 0.40" in r.getMessage() for r in caplog.records)
+    ablation = cmsg.CMSGNoCorrelation(**settings).fit(data)
+    complete = cmsg.CMSG(**settings, tau=-1.0).fit(data)            # every pair allowed: the mask blocks nothing
+    scores = full.predict_scores(data)
+    assert np.abs(scores - ablation.predict_scores(data)).max() > 1e-4      # the graph changes the outputs
+    np.testing.assert_allclose(complete.predict_scores(data), ablation.predict_scores(data), atol=1e-6)
+
+    # in the fitted model, the blocked pair gets exactly zero attention in every head; without the graph it gets some
+    def sga_attention(method):
+        with torch.no_grad():
+            model = method.model_.eval()
+            images = next(method._source(data.subset(np.arange(8)), train=False).batches([np.arange(8)])).inputs
+            features, _ = model.head.class_features(model.encoder(images))
+            bias = (None if model.head.correlation is None
+                    else cmsg.attention_bias(model.head.correlation, method.correlation_weighting))
+            _, weights = model.head.sga[0].attention(features, features, features, attn_mask=bias,
+                                                     need_weights=True, average_attn_weights=False)
+        return weights                                                       # [B, heads, L, L]
+
+    assert torch.count_nonzero(sga_attention(full)[:, :, cat, bus]) == 0
+    assert torch.count_nonzero(sga_attention(full)[:, :, bus, cat]) == 0
+    assert (sga_attention(ablation)[:, :, cat, bus] > 0).all()
+
+
+def test_graph_summary_on_a_hand_made_graph():
+    a = le.reweight_correlation(np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]), 0.2)
+    summary = le.graph_summary(a, ["a", "b", "c", "d"])
+    assert summary == {"density": pytest.approx(2 / 12), "complete": False, "isolated": ["c", "d"]}
+    assert le.graph_summary(le.reweight_correlation(np.ones((3, 3)), 0.2), ["x", "y", "z"])["complete"]
+
+
+def test_a_complete_graph_and_a_single_token_are_warned_about(cmsg, caplog):
+    data = tiny_images(names=("0", "1", "2", "3"))                  # digit names: a complete graph
+    with caplog.at_level(logging.WARNING):
+        cmsg.CMSG(**TINY).fit(data)
+    assert any("the graph is complete" in r.getMessage() and "cmsg_no_correlation" in r.getMessage()
+               for r in caplog.records)
+    caplog.clear()
+    rng = np.random.default_rng(0)
+    one_view = MultiLabelData("one-view", {"features": rng.normal(size=(24, 5)).astype(np.float32)},
+                              (rng.random((24, 3)) > 0.5).astype(np.uint8), ["cat", "bus", "apple"])
+    with caplog.at_level(logging.WARNING):
+        cmsg.CMSG(**{**TINY, "width": 16}).fit(one_view)
+    assert any("one token" in r.getMessage() and "per-class linear layer" in r.getMessage() for r in caplog.records)
+
+
+def test_reweight_p_zero_is_refused(cmsg):
+    with pytest.raises(BenchError, match=r"reweight_p must be in \(0, 1\).*block all label-to-label attention"):
+        cmsg.CMSG(reweight_p=0.0)._check_params()
+
+
+def test_a_prompt_template_changes_the_sentence_embeddings_and_is_checked(tmp_path):
+    names = ["car", "cat", "train"]
+    bare = le.cosine_similarity(le.label_embeddings(names))
+    prompted = le.label_embeddings(names, prompt="a photo of a {}")
+    expected = le._sentence_model().encode(["a photo of a car", "a photo of a cat", "a photo of a train"],
+                                           normalize_embeddings=True)
+    np.testing.assert_allclose(prompted, expected, atol=1e-5)
+    assert bare[0, 1] > bare[0, 2]             # bare words: car nearer cat (spelling) than train
+    cos = le.cosine_similarity(prompted)
+    assert cos[0, 2] > cos[0, 1]               # in a sentence, meaning wins
+    with pytest.raises(BenchError, match="template with one"):
+        le.check_prompt("a photo of a cat")
+    path = tmp_path / "glove.txt"
+    path.write_text(GLOVE)
+    with pytest.raises(BenchError, match="needs the sentence model"):
+        le.label_embeddings(["cat"], str(path), prompt="a {}")
+
+
+# ----------------------------------------------------------------------------- thresholds chosen on validation
+def test_choose_thresholds_maximises_f1_on_the_given_part():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(6)
+    Y = (rng.random((60, 4)) > 0.6).astype(np.uint8)
+    scores = np.clip(0.5 * Y + rng.random((60, 4)) * 0.7, 0, 1)
+    Y[:, 3] = 0                                                      # a label with no positive keeps 0.5
+    t, per_label = plugin_module("methods", "cmsg").choose_thresholds(Y, scores)
+    grid = plugin_module("methods", "cmsg").THRESHOLD_GRID
+    best = max(f1_score(Y, scores >= g, average="micro", zero_division=0) for g in grid)
+    assert f1_score(Y, scores >= t, average="micro", zero_division=0) == pytest.approx(best)
+    for c in range(3):
+        best_c = max(f1_score(Y[:, c], scores[:, c] >= g, zero_division=0) for g in grid)
+        assert f1_score(Y[:, c], scores[:, c] >= per_label[c], zero_division=0) == pytest.approx(best_c)
+    assert per_label[3] == 0.5
+
+
+def test_move_threshold_puts_the_threshold_at_one_half_and_keeps_each_labels_order(cmsg):
+    rng = np.random.default_rng(7)
+    scores = rng.random((50, 3))
+    t = np.array([0.2, 0.5, 0.83])
+    moved = cmsg.move_threshold(scores, t)
+    np.testing.assert_array_equal(moved >= 0.5, scores >= t)
+    for c in range(3):
+        np.testing.assert_array_equal(np.argsort(moved[:, c]), np.argsort(scores[:, c]))
+    assert moved.min() >= 0 and moved.max() <= 1
+    np.testing.assert_allclose(cmsg.move_threshold(np.array([[0.0, 0.2, 1.0]]), 0.2), [[0.0, 0.5, 1.0]])
+
+
+def test_threshold_readouts_are_chosen_on_the_validation_carve_out_only(cmsg):
+    from bench.torch_utils import validation_split
+
+    data = tiny_images(n=40)
+    test = tiny_images(n=12)
+    method = cmsg.CMSG(**{**TINY, "val_fraction": 0.25}, use_correlation=False).fit(data)
+    _, val = validation_split(data, 0.25, 0)                      # the same carve-out (seed 0)
+    expected = cmsg.choose_thresholds(val.Y, method.predict_scores(val))
+    assert method.val_threshold_ == expected[0]
+    np.testing.assert_array_equal(method.val_thresholds_, expected[1])
+    readouts = method.predict_readouts(test)
+    scores = method.predict_scores(test)
+    np.testing.assert_array_equal(readouts["val_threshold"] >= 0.5, scores >= method.val_threshold_)
+    np.testing.assert_array_equal(readouts["val_thresholds"] >= 0.5, scores >= method.val_thresholds_)
+    assert cmsg.CMSG(**TINY, use_correlation=False).fit(data).predict_readouts(test) == {}   # no carve-out: none
