@@ -348,8 +348,8 @@ def asymmetric_loss(logits: torch.Tensor, y: torch.Tensor, gamma_neg: float = 4.
 def choose_thresholds(Y: np.ndarray, scores: np.ndarray, ignore: np.ndarray | None = None
                       ) -> tuple[float, np.ndarray]:
     """On a validation part: the global threshold of :data:`THRESHOLD_GRID` with the highest
-    micro-F1, and per label the one with the highest F1 (0.5 for a label without a positive);
-    ties go to the value nearest 0.5. ``ignore`` (1: not counted) as in :func:`bench.metrics.evaluate`."""
+    micro-F1, and per label the one with the highest F1; ties go to the value nearest 0.5 (so a
+    label without a positive here, F1 0 at every threshold, keeps 0.5). ``ignore`` (1: not counted) as in :func:`bench.metrics.evaluate`."""
     Y = np.asarray(Y, dtype=bool)
     counted = np.ones_like(Y) if ignore is None else ~np.asarray(ignore, dtype=bool)
     grid = THRESHOLD_GRID[np.argsort(np.abs(THRESHOLD_GRID - 0.5), kind="stable")]   # nearest 0.5 first
@@ -359,9 +359,7 @@ def choose_thresholds(Y: np.ndarray, scores: np.ndarray, ignore: np.ndarray | No
     fn = (~predicted & Y & counted).sum(axis=1)
     micro = 2 * tp.sum(1) / np.maximum(2 * tp.sum(1) + fp.sum(1) + fn.sum(1), 1)
     per_label = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
-    thresholds = grid[per_label.argmax(axis=0)]
-    thresholds[(Y & counted).sum(axis=0) == 0] = 0.5
-    return float(grid[micro.argmax()]), thresholds.astype(np.float64)
+    return float(grid[micro.argmax()]), grid[per_label.argmax(axis=0)].astype(np.float64)
 
 
 def move_threshold(scores: np.ndarray, threshold) -> np.ndarray:
