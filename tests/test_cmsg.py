@@ -1,8 +1,17 @@
 """CMSG (methods/cmsg.py) and its label graph (bench/label_embeddings.py): masked multi-head attention
 against a readable per-head loop, a zero correlation entry blocking attention (output and gradient),
-the asymmetric loss against its per-element formula and against BCE, the embeddings offline (no
-network) and from tiny GloVe / word-vector files in their real formats, the re-weighted graph on a
-hand-computed case, the EMA warm-up, and the fitted method (hyper-parameters, maps, ablations)."""
+the whole head (class-specific features -> masked SGA -> SAA with keys X + P, values X -> per-class
+dot product) against a step-by-step reference, the sine encoding against its formula, the
+asymmetric loss against its per-element formula and against BCE, and its wiring (the method's
+γ+/γ-/clip, summed over the batch), Adam's parameter groups, the per-step OneCycle, the defaults,
+prediction with the EMA weights, the embeddings offline (no network), with a prompt, and from tiny
+GloVe / word-vector files in their real formats, the re-weighted graph and its summary on
+hand-computed cases, the run-time warnings, the validation-chosen thresholds, and the fitted
+method (hyper-parameters, maps, ablations), also on a 4 KB image fixture with semantic label names
+(tests/fixtures/custom-images) where the graph changes the outputs.
+
+Each of these was checked by breaking the wire it guards (13 changes to the head, loss wiring,
+optimizer, schedule and defaults; each makes at least one test here fail)."""
 
 from __future__ import annotations
 
@@ -527,7 +536,8 @@ def semantic_images():
     return plugins.get("datasets", "custom-images")().load(FIXTURES)
 
 
-def test_on_semantic_label_names_the_graph_changes_cmsgs_outputs(cmsg, semantic_images, caplog):
+def test_on_semantic_label_names_the_graph_changes_cmsgs_outputs(cmsg, semantic_images, caplog, monkeypatch):
+    monkeypatch.setattr(cmsg, "_said", set())                        # lines said once per process: say them again
     data = semantic_images
     settings = {**TINY, "image_size": 24, "epochs": 2, "lr": 1e-3}   # files: no native size, 448 unless told
     with caplog.at_level(logging.INFO):
@@ -566,7 +576,8 @@ def test_graph_summary_on_a_hand_made_graph():
     assert le.graph_summary(le.reweight_correlation(np.ones((3, 3)), 0.2), ["x", "y", "z"])["complete"]
 
 
-def test_a_complete_graph_and_a_single_token_are_warned_about(cmsg, caplog):
+def test_a_complete_graph_and_a_single_token_are_warned_about(cmsg, caplog, monkeypatch):
+    monkeypatch.setattr(cmsg, "_said", set())
     data = tiny_images(names=("0", "1", "2", "3"))                  # digit names: a complete graph
     with caplog.at_level(logging.WARNING):
         cmsg.CMSG(**TINY).fit(data)
