@@ -66,9 +66,9 @@ What a user should know
   ``correlation_weighting="mask"`` only the zeros of A' matter, so ``reweight_p`` changes nothing
   as long as it is > 0; ``reweight_p = 0`` would give every neighbour weight 0, block all
   label-to-label attention, and is refused.
-* Thresholds: ASL with γ- = 4 lets a negative with p = 0.5 weigh p_m^4 = 0.04 of a positive
-  (0.45^4), so the loss hardly pushes negatives below 0.5-0.7: σ(ŷ) is not a calibrated
-  probability, and at the papers' threshold 0.5 CMSG over-predicts on data whose label density is
+* Thresholds: with γ- = 4 a negative scored p = 0.5 has the focusing weight p_m^4 = 0.45^4 = 0.04
+  (a positive's is 1, γ+ = 0), so the loss pushes little on negatives at moderate scores while
+  every positive pulls fully: σ(ŷ) is not a calibrated probability, and at the papers' threshold 0.5 CMSG over-predicts on data whose label density is
   far below 1/2 (mnist-mosaic: 23 %). ASL's own scripts threshold at 0.7-0.8. The method's row
   keeps 0.5 (the papers' tables); with a validation part (``val_fraction`` > 0) two readouts of
   the same model threshold where the validation part says (:meth:`CMSG.calibrate`, the in-fold
@@ -349,7 +349,8 @@ def choose_thresholds(Y: np.ndarray, scores: np.ndarray, ignore: np.ndarray | No
                       ) -> tuple[float, np.ndarray]:
     """On a validation part: the global threshold of :data:`THRESHOLD_GRID` with the highest
     micro-F1, and per label the one with the highest F1; ties go to the value nearest 0.5 (so a
-    label without a positive here, F1 0 at every threshold, keeps 0.5). ``ignore`` (1: not counted) as in :func:`bench.metrics.evaluate`."""
+    label without a positive here, F1 0 at every threshold, keeps 0.5). ``ignore`` (1: not
+    counted) as in :func:`bench.metrics.evaluate`."""
     Y = np.asarray(Y, dtype=bool)
     counted = np.ones_like(Y) if ignore is None else ~np.asarray(ignore, dtype=bool)
     grid = THRESHOLD_GRID[np.argsort(np.abs(THRESHOLD_GRID - 0.5), kind="stable")]   # nearest 0.5 first
