@@ -592,6 +592,20 @@ def test_a_complete_graph_and_a_single_token_are_warned_about(cmsg, caplog, monk
     assert any("one token" in r.getMessage() and "per-class linear layer" in r.getMessage() for r in caplog.records)
 
 
+def test_on_one_token_the_graph_changes_nothing_and_every_label_sees_the_same_feature(cmsg):
+    torch.manual_seed(8)
+    masked = cmsg.CMSGHead(8, (1, 1), 5, graph(), sga_heads=2, saa_heads=2, ffn_dim=16, dropout=0.0).eval()
+    free = cmsg.CMSGHead(8, (1, 1), 5, None, sga_heads=2, saa_heads=2, ffn_dim=16, dropout=0.0).eval()
+    free.load_state_dict({k: v for k, v in masked.state_dict().items() if k != "correlation"}, strict=False)
+    x = torch.randn(3, 1, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(masked(x)["logits"], free(x)["logits"])
+        z = x.expand(3, 5, 8)                            # f_c = X for every label: softmax over one position
+        for layer in masked.sga:
+            z = layer(z, None)
+        assert torch.allclose(z, z[:, :1].expand_as(z), atol=1e-6)   # one feature shared by the labels
+
+
 def test_reweight_p_zero_is_refused(cmsg):
     with pytest.raises(BenchError, match=r"reweight_p must be in \(0, 1\).*block all label-to-label attention"):
         cmsg.CMSG(reweight_p=0.0)._check_params()
