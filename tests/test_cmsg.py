@@ -1,15 +1,26 @@
 """CMSG (methods/cmsg.py) and its label graph (bench/label_embeddings.py): masked multi-head attention
 against a readable per-head loop, a zero correlation entry blocking attention (output and gradient),
-the asymmetric loss against its per-element formula and against BCE, the embeddings offline (no
-network) and from tiny GloVe / word-vector files in their real formats, the re-weighted graph on a
-hand-computed case, the EMA warm-up, and the fitted method (hyper-parameters, maps, ablations)."""
+the whole head (class-specific features -> masked SGA -> SAA with keys X + P, values X -> per-class
+dot product) against a step-by-step reference, the sine encoding against its formula, the
+asymmetric loss against its per-element formula and against BCE, and its wiring (the method's
+γ+/γ-/clip, summed over the batch), Adam's parameter groups, the per-step OneCycle, the defaults,
+prediction with the EMA weights, the embeddings offline (no network), with a prompt, and from tiny
+GloVe / word-vector files in their real formats, the re-weighted graph and its summary on
+hand-computed cases, the run-time warnings, the validation-chosen thresholds, and the fitted
+method (hyper-parameters, maps, ablations), also on a 4 KB image fixture with semantic label names
+(tests/fixtures/custom-images) where the graph changes the outputs.
+
+Each of these was checked by breaking the wire it guards (13 changes to the head, loss wiring,
+optimizer, schedule and defaults; each makes at least one test here fail)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import pickle
 import socket
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,9 +30,10 @@ import torch.nn.functional as F
 from conftest import plugin_module
 
 from bench import label_embeddings as le
+from bench import plugins
 from bench.data import ImageView, MultiLabelData
 from bench.errors import BenchError
-from bench.training import EMA
+from bench.training import EMA, Batch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -273,7 +285,8 @@ def test_fit_reads_the_graph_from_the_given_embedding_and_honours_heads_and_laye
     path = tmp_path / "glove.txt"
     path.write_text(GLOVE)
     data = tiny_images()
-    method = cmsg.CMSG(**TINY, label_embedding=str(path), tau=0.9, heads=4, layers=2).fit(data)
+    method = cmsg.CMSG(**TINY, label_embedding=str(path), tau=0.9, sga_heads=4, saa_heads=4,
+                          sga_layers=2, saa_layers=2).fit(data)
     expected = le.semantic_correlation(le.label_embeddings(data.label_names, str(path)), 0.9, 0.2)
     np.testing.assert_allclose(method.correlation_, expected)
     np.testing.assert_allclose(method.head_.correlation.numpy(), expected, rtol=1e-6)
@@ -283,8 +296,8 @@ def test_fit_reads_the_graph_from_the_given_embedding_and_honours_heads_and_laye
     maps = method.class_maps(data.subset(np.arange(4)))            # SAA's attention over the positions
     assert maps.shape == (4, 4, *method.encoder_.grid)
     np.testing.assert_allclose(maps.reshape(4, 4, -1).sum(-1), 1, atol=1e-5)
-    with pytest.raises(BenchError, match="heads=3 must divide the token width 128"):
-        cmsg.CMSG(**TINY, label_embedding=str(path), heads=3).fit(data)
+    with pytest.raises(BenchError, match="sga_heads=3 must divide the token width 128"):
+        cmsg.CMSG(**TINY, label_embedding=str(path), sga_heads=3).fit(data)
 
 
 def test_bad_settings_are_refused_before_any_work(cmsg, tmp_path):
@@ -292,8 +305,8 @@ def test_bad_settings_are_refused_before_any_work(cmsg, tmp_path):
         cmsg.CMSG(label_embedding=str(tmp_path / "glove.840B.300d.txt"))._check_params()
     with pytest.raises(BenchError, match="correlation_weighting"):
         cmsg.CMSG(correlation_weighting="softmax")._check_params()
-    with pytest.raises(BenchError, match="layers must be a positive integer"):
-        cmsg.CMSG(layers=0)._check_params()
+    with pytest.raises(BenchError, match="sga_layers must be a positive integer"):
+        cmsg.CMSG(sga_layers=0)._check_params()
     cmsg.CMSGNoSGA()._check_params()                       # no graph: no embedding to check
 
 
@@ -321,4 +334,343 @@ def test_ablations_switch_the_modules_off(cmsg, tmp_path):
     assert isinstance(baseline.fc, torch.nn.Linear) and set(baseline(tokens)) == {"logits"}  # no maps
     full = head(cmsg.CMSG(label_embedding=str(path)))
     assert len(full.sga) == 1 and len(full.saa) == 1 and full.correlation is not None
-    assert "label_embedding" not in cmsg.CMSGNoSGA().get_params() and "heads" not in cmsg.CMSGBaseline().get_params()
+    assert "label_embedding" not in cmsg.CMSGNoSGA().get_params() and "sga_heads" not in cmsg.CMSGBaseline().get_params()
+
+
+# ----------------------------------------------------------------------------- the whole head, written out
+def reference_sine_encoding(h, w, width):
+    """DETR's 2-D sine encoding from its formula, one position and channel at a time: channel k of
+    the first half encodes the row r (k even: sin, odd: cos, of (r + 1) / h * 2π * 10000^(-(k // 2) / F)),
+    the second half the column likewise; F = ceil(half / 2) frequencies, half = ceil(width / 2)."""
+    half = math.ceil(width / 2)
+    n_freq = math.ceil(half / 2)
+    pe = torch.zeros(h * w, width, dtype=torch.float64)
+    for r in range(h):
+        for c in range(w):
+            for k in range(width):
+                axis, kk = (r, k) if k < half else (c, k - half)
+                size = h if k < half else w
+                angle = (axis + 1) / size * 2 * math.pi * 10000.0 ** (-(kk // 2) / n_freq)
+                pe[r * w + c, k] = math.sin(angle) if kk % 2 == 0 else math.cos(angle)
+    return pe.float()
+
+
+@pytest.mark.parametrize("grid, width", [((2, 3), 8), ((3, 2), 12), ((1, 4), 10), ((14, 14), 16)])
+def test_sine_positional_encoding_against_its_formula(cmsg, grid, width):
+    torch.testing.assert_close(cmsg.sine_positional_encoding(grid, width), reference_sine_encoding(*grid, width),
+                               rtol=1e-5, atol=1e-5)
+
+
+def reference_cross_attention(layer, f, keys, values):
+    """One SAA layer written out: per example, head and label i, a softmax over the positions n of
+    q_i · k_n / √d_h, with k_n from X_n + P_n and v_n from X_n; then residual + LayerNorm, FFN,
+    residual + LayerNorm. Also the attention averaged over the heads [B, L, N]."""
+    mha = layer.attention
+    d, heads = f.shape[-1], mha.num_heads
+    dh = d // heads
+    wq, wk, wv = mha.in_proj_weight.detach().chunk(3)
+    bq, bk, bv = mha.in_proj_bias.detach().chunk(3)
+    out = torch.zeros_like(f)
+    maps = torch.zeros(f.shape[0], f.shape[1], keys.shape[1])
+    for b in range(f.shape[0]):
+        q, k, v = f[b] @ wq.T + bq, keys[b] @ wk.T + bk, values[b] @ wv.T + bv
+        concat = torch.zeros(f.shape[1], d)
+        for h in range(heads):
+            cols = slice(h * dh, (h + 1) * dh)
+            for i in range(f.shape[1]):
+                weights = torch.stack([q[i, cols] @ k[n, cols] / math.sqrt(dh) for n in range(len(k))]).softmax(0)
+                concat[i, cols] = sum(weights[n] * v[n, cols] for n in range(len(k)))
+                maps[b, i] += weights / heads
+        out[b] = concat @ mha.out_proj.weight.detach().T + mha.out_proj.bias.detach()
+    z = layer.norm1(f + out)
+    return layer.norm2(z + layer.ffn(z)), maps
+
+
+def reference_head(head, x, allowed, grid):
+    """CMSG's head on tokens X [B, N, D], step by step: class-specific features
+    f_c = Σ_n softmax_n(w_cᵀ X_n + b_c) X_n -> SGA (masked by ``allowed``) -> SAA (keys X + P,
+    values X) -> ŷ_c = w_cᵀ z_c + b_c, one weight vector per class."""
+    w, b = head.class_features.attend.weight.detach(), head.class_features.attend.bias.detach()
+    n_labels = len(w)
+    f = torch.zeros(x.shape[0], n_labels, x.shape[-1])
+    for i in range(x.shape[0]):
+        for c in range(n_labels):
+            a = torch.stack([w[c] @ x[i, n] + b[c] for n in range(x.shape[1])]).softmax(0)
+            f[i, c] = sum(a[n] * x[i, n] for n in range(x.shape[1]))
+    for layer in head.sga:
+        f = reference_attention(layer, f, allowed)
+    keys = x + reference_sine_encoding(*grid, x.shape[-1])
+    maps = None
+    for layer in head.saa:
+        f, maps = reference_cross_attention(layer, f, keys, x)
+    weight, bias = head.classifier.weight.detach(), head.classifier.bias.detach()
+    logits = torch.stack([torch.stack([weight[c] @ f[i, c] + bias[c] for c in range(n_labels)])
+                          for i in range(x.shape[0])])
+    return logits, maps
+
+
+@pytest.mark.parametrize("sga_layers, saa_layers", [(1, 1), (2, 1), (1, 2)])
+def test_the_whole_head_matches_a_step_by_step_reference(cmsg, sga_layers, saa_layers):
+    torch.manual_seed(3)
+    grid, width = (2, 3), 8
+    corr = graph()                                                   # 5 labels, 3 blocked pairs
+    head = cmsg.CMSGHead(width, grid, 5, corr, sga_layers=sga_layers, saa_layers=saa_layers, sga_heads=2,
+                         saa_heads=4, ffn_dim=16, dropout=0.1).eval()
+    with torch.no_grad():                                            # distinct, non-trivial class vectors
+        head.classifier.weight.normal_()
+        head.classifier.bias.normal_()
+    x = torch.randn(2, 6, width)
+    with torch.no_grad():
+        got = head(x)
+        logits, maps = reference_head(head, x, allowed=corr > 0, grid=grid)
+    torch.testing.assert_close(got["logits"], logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got["class_maps"], maps, rtol=1e-4, atol=1e-5)
+    assert {layer.attention.num_heads for layer in head.sga} == {2}
+    assert {layer.attention.num_heads for layer in head.saa} == {4}
+    assert (len(head.sga), len(head.saa)) == (sga_layers, saa_layers)
+    assert head.classifier.weight.shape == (5, width)                 # one weight vector per class
+
+
+# ----------------------------------------------------------------------------- recipe: loss, groups, schedule, defaults
+def test_compute_loss_passes_the_methods_gammas_and_clip(cmsg):
+    g = torch.Generator().manual_seed(4)
+    logits = 2 * torch.randn(6, 5, generator=g, dtype=torch.float64)
+    y = (torch.rand(6, 5, generator=g) > 0.5).double()
+    for params in [{}, {"gamma_neg": 3.0, "gamma_pos": 1.0, "clip": 0.2}]:
+        method = cmsg.CMSG(**params)
+        gn, gp, clip = method.gamma_neg, method.gamma_pos, method.clip
+        expected = np.mean([sum(asl_per_element(float(logits[b, c]), int(y[b, c]), gn, gp, clip) for c in range(5))
+                            for b in range(6)])
+        total, terms = method.compute_loss({"logits": logits}, y)
+        assert float(total) == pytest.approx(expected, rel=1e-6) and float(terms["asl"]) == float(total)
+
+
+def test_training_loss_sums_over_the_batch_as_asl_by_default(cmsg):
+    g = torch.Generator().manual_seed(5)
+    logits = 2 * torch.randn(7, 3, generator=g)
+    y = (torch.rand(7, 3, generator=g) > 0.5).float()
+    per_image = float(cmsg.asymmetric_loss(logits, y))
+    batch = Batch(logits, y, torch.arange(7))
+    for reduction, factor in [("sum", 7), ("mean", 1)]:
+        method = cmsg.CMSG(reduction=reduction)
+        method.model_, method.device_ = (lambda inputs: {"logits": inputs}), torch.device("cpu")
+        total, terms = method.training_loss(batch)
+        assert float(total) == pytest.approx(factor * per_image, rel=1e-6)
+        assert float(terms["asl"]) == pytest.approx(per_image, rel=1e-6)     # logged per image either way
+    assert cmsg.CMSG().reduction == "sum"
+    with pytest.raises(BenchError, match="reduction must be one of sum, mean"):
+        cmsg.CMSG(reduction="none")._check_params()
+
+
+def test_weight_decay_only_on_weight_matrices_and_adam_at_the_methods_lr(cmsg):
+    method = cmsg.CMSG(label_embedding="minilm", lr=3e-4, weight_decay=2e-4)
+    method.correlation_ = graph()
+    head = method.build_head(SimpleNamespace(width=16, grid=(2, 2)), 5)
+    optimizer = method.make_optimizer(head)
+    assert isinstance(optimizer, torch.optim.Adam)
+    decay = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 2e-4 for p in g["params"]}
+    no_decay = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert all(g["lr"] == 3e-4 for g in optimizer.param_groups)
+    names = dict(head.named_parameters())
+    for name, p in names.items():
+        exempt = name.endswith("bias") or ".norm" in name
+        assert (id(p) in no_decay, id(p) in decay) == (exempt, not exempt), name
+    assert any(".norm1.weight" in n for n in names) and "classifier.weight" in names    # both kinds present
+
+
+def test_onecycle_is_stepped_after_every_batch(cmsg):
+    data = tiny_images()
+    method = cmsg.CMSG(**{**TINY, "epochs": 3}, label_embedding="minilm", use_correlation=False, lr=1e-3).fit(data)
+    reference = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(reference, max_lr=1e-3, epochs=3, steps_per_epoch=2, pct_start=0.2)
+    expected = []
+    for _ in range(3):                                   # lr at the start of each epoch, after 2 steps each
+        expected.append(reference.param_groups[0]["lr"])
+        for _ in range(2):
+            reference.step()
+            schedule.step()
+    assert [r["lr"] for r in method.history_] == pytest.approx(expected, rel=1e-9)
+    assert cmsg.CMSG.scheduler_interval == "step"
+
+
+def test_defaults_are_the_papers_and_asls_recipe(cmsg):
+    params = cmsg.CMSG().get_params()
+    expected = dict(backbone="resnet101", pretrained=True, image_size=448, resize=512, flip=True,
+                    label_embedding="minilm", label_prompt=None, tau=0.4, reweight_p=0.2,
+                    correlation_weighting="mask", sga_layers=1, saa_layers=1, sga_heads=8, saa_heads=8,
+                    ffn_dim=None, dropout=0.1, positional_encoding="sine", use_sga=True, use_saa=True,
+                    use_correlation=True, baseline=False, gamma_neg=4.0, gamma_pos=0.0, clip=0.05,
+                    reduction="sum", lr=1e-4, weight_decay=1e-4, pct_start=0.2, ema_decay=0.9997,
+                    ema_warmup=True, val_fraction=0.0, patience=None)
+    assert {k: params[k] for k in expected} == expected
+
+
+def test_a_fitted_model_predicts_with_the_ema_weights(cmsg, monkeypatch):
+    import bench.deep
+
+    data = tiny_images()
+    trained = {}
+    real_loop = bench.deep.train_loop
+
+    def spy(model, *args, **kwargs):                     # the weights the optimizer left
+        result = real_loop(model, *args, **kwargs)
+        trained.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return result
+
+    monkeypatch.setattr(bench.deep, "train_loop", spy)
+    method = cmsg.CMSG(**TINY, use_correlation=False, lr=1e-2).fit(data)
+    final = method.model_.state_dict()
+    changed = [k for k in trained if k.endswith("weight") and not torch.equal(trained[k], final[k])]
+    assert changed, "prediction must use the EMA average, not the last weights"
+
+
+# ----------------------------------------------------------------------------- where the label graph matters
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def semantic_images():
+    """``tests/fixtures/custom-images``: 32 grey 24 x 24 PNGs (4 KB in all) in the ``custom-images``
+    layout (labels.csv + images/), labels cat, dog, car, bus, apple, banana, each a bright square in
+    its own cell of a 3 x 3 grid. Their MiniLM graph at τ = 0.4 is not complete (cat-bus 0.29)."""
+    return plugins.get("datasets", "custom-images")().load(FIXTURES)
+
+
+def test_on_semantic_label_names_the_graph_changes_cmsgs_outputs(cmsg, semantic_images, caplog, monkeypatch):
+    monkeypatch.setattr(cmsg, "_said", set())                        # lines said once per process: say them again
+    data = semantic_images
+    settings = {**TINY, "image_size": 24, "epochs": 2, "lr": 1e-3}   # files: no native size, 448 unless told
+    with caplog.at_level(logging.INFO):
+        full = cmsg.CMSG(**settings).fit(data)
+    names = list(data.label_names)
+    cat, bus = names.index("cat"), names.index("bus")
+    assert 0 < full.graph_["density"] < 1 and full.correlation_[cat, bus] == 0
+    assert any("density 0.40" in r.getMessage() for r in caplog.records)
+    ablation = cmsg.CMSGNoCorrelation(**settings).fit(data)
+    complete = cmsg.CMSG(**settings, tau=-1.0).fit(data)            # every pair allowed: the mask blocks nothing
+    scores = full.predict_scores(data)
+    assert np.abs(scores - ablation.predict_scores(data)).max() > 1e-4      # the graph changes the outputs
+    np.testing.assert_allclose(complete.predict_scores(data), ablation.predict_scores(data), atol=1e-6)
+
+    # in the fitted model, the blocked pair gets exactly zero attention in every head; without the graph it gets some
+    def sga_attention(method):
+        with torch.no_grad():
+            model = method.model_.eval()
+            images = next(method._source(data.subset(np.arange(8)), train=False).batches([np.arange(8)])).inputs
+            features, _ = model.head.class_features(model.encoder(images))
+            bias = (None if model.head.correlation is None
+                    else cmsg.attention_bias(model.head.correlation, method.correlation_weighting))
+            _, weights = model.head.sga[0].attention(features, features, features, attn_mask=bias,
+                                                     need_weights=True, average_attn_weights=False)
+        return weights                                                       # [B, heads, L, L]
+
+    assert torch.count_nonzero(sga_attention(full)[:, :, cat, bus]) == 0
+    assert torch.count_nonzero(sga_attention(full)[:, :, bus, cat]) == 0
+    assert (sga_attention(ablation)[:, :, cat, bus] > 0).all()
+
+
+def test_graph_summary_on_a_hand_made_graph():
+    a = le.reweight_correlation(np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]), 0.2)
+    summary = le.graph_summary(a, ["a", "b", "c", "d"])
+    assert summary == {"density": pytest.approx(2 / 12), "complete": False, "isolated": ["c", "d"]}
+    assert le.graph_summary(le.reweight_correlation(np.ones((3, 3)), 0.2), ["x", "y", "z"])["complete"]
+
+
+def test_a_complete_graph_and_a_single_token_are_warned_about(cmsg, caplog, monkeypatch):
+    monkeypatch.setattr(cmsg, "_said", set())
+    data = tiny_images(names=("0", "1", "2", "3"))                  # digit names: a complete graph
+    with caplog.at_level(logging.WARNING):
+        cmsg.CMSG(**TINY).fit(data)
+    assert any("the graph is complete" in r.getMessage() and "cmsg_no_correlation" in r.getMessage()
+               for r in caplog.records)
+    caplog.clear()
+    rng = np.random.default_rng(0)
+    one_view = MultiLabelData("one-view", {"features": rng.normal(size=(24, 5)).astype(np.float32)},
+                              (rng.random((24, 3)) > 0.5).astype(np.uint8), ["cat", "bus", "apple"])
+    with caplog.at_level(logging.WARNING):
+        cmsg.CMSG(**{**TINY, "width": 16}).fit(one_view)
+    assert any("one token" in r.getMessage() and "per-class linear layer" in r.getMessage() for r in caplog.records)
+
+
+def test_on_one_token_the_graph_changes_nothing_and_every_label_sees_the_same_feature(cmsg):
+    torch.manual_seed(8)
+    masked = cmsg.CMSGHead(8, (1, 1), 5, graph(), sga_heads=2, saa_heads=2, ffn_dim=16, dropout=0.0).eval()
+    free = cmsg.CMSGHead(8, (1, 1), 5, None, sga_heads=2, saa_heads=2, ffn_dim=16, dropout=0.0).eval()
+    free.load_state_dict({k: v for k, v in masked.state_dict().items() if k != "correlation"}, strict=False)
+    x = torch.randn(3, 1, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(masked(x)["logits"], free(x)["logits"])
+        z = x.expand(3, 5, 8)                            # f_c = X for every label: softmax over one position
+        for layer in masked.sga:
+            z = layer(z, None)
+        assert torch.allclose(z, z[:, :1].expand_as(z), atol=1e-6)   # one feature shared by the labels
+
+
+def test_reweight_p_zero_is_refused(cmsg):
+    with pytest.raises(BenchError, match=r"reweight_p must be in \(0, 1\).*block all label-to-label attention"):
+        cmsg.CMSG(reweight_p=0.0)._check_params()
+
+
+def test_a_prompt_template_changes_the_sentence_embeddings_and_is_checked(tmp_path):
+    names = ["car", "cat", "train"]
+    bare = le.cosine_similarity(le.label_embeddings(names))
+    prompted = le.label_embeddings(names, prompt="a photo of a {}")
+    expected = le._sentence_model().encode(["a photo of a car", "a photo of a cat", "a photo of a train"],
+                                           normalize_embeddings=True)
+    np.testing.assert_allclose(prompted, expected, atol=1e-5)
+    assert bare[0, 1] > bare[0, 2]             # bare words: car nearer cat (spelling) than train
+    cos = le.cosine_similarity(prompted)
+    assert cos[0, 2] > cos[0, 1]               # in a sentence, meaning wins
+    with pytest.raises(BenchError, match="template with one"):
+        le.check_prompt("a photo of a cat")
+    path = tmp_path / "glove.txt"
+    path.write_text(GLOVE)
+    with pytest.raises(BenchError, match="needs the sentence model"):
+        le.label_embeddings(["cat"], str(path), prompt="a {}")
+
+
+# ----------------------------------------------------------------------------- thresholds chosen on validation
+def test_choose_thresholds_maximises_f1_on_the_given_part():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(6)
+    Y = (rng.random((60, 4)) > 0.6).astype(np.uint8)
+    scores = np.clip(0.5 * Y + rng.random((60, 4)) * 0.7, 0, 1)
+    Y[:, 3] = 0                                                      # a label with no positive keeps 0.5
+    t, per_label = plugin_module("methods", "cmsg").choose_thresholds(Y, scores)
+    grid = plugin_module("methods", "cmsg").THRESHOLD_GRID
+    best = max(f1_score(Y, scores >= g, average="micro", zero_division=0) for g in grid)
+    assert f1_score(Y, scores >= t, average="micro", zero_division=0) == pytest.approx(best)
+    for c in range(3):
+        best_c = max(f1_score(Y[:, c], scores[:, c] >= g, zero_division=0) for g in grid)
+        assert f1_score(Y[:, c], scores[:, c] >= per_label[c], zero_division=0) == pytest.approx(best_c)
+    assert per_label[3] == 0.5
+
+
+def test_move_threshold_puts_the_threshold_at_one_half_and_keeps_each_labels_order(cmsg):
+    rng = np.random.default_rng(7)
+    scores = rng.random((50, 3))
+    t = np.array([0.2, 0.5, 0.83])
+    moved = cmsg.move_threshold(scores, t)
+    np.testing.assert_array_equal(moved >= 0.5, scores >= t)
+    for c in range(3):
+        np.testing.assert_array_equal(np.argsort(moved[:, c]), np.argsort(scores[:, c]))
+    assert moved.min() >= 0 and moved.max() <= 1
+    np.testing.assert_allclose(cmsg.move_threshold(np.array([[0.0, 0.2, 1.0]]), 0.2), [[0.0, 0.5, 1.0]])
+
+
+def test_threshold_readouts_are_chosen_on_the_validation_carve_out_only(cmsg):
+    from bench.torch_utils import validation_split
+
+    data = tiny_images(n=40)
+    test = tiny_images(n=12)
+    method = cmsg.CMSG(**{**TINY, "val_fraction": 0.25}, use_correlation=False).fit(data)
+    _, val = validation_split(data, 0.25, 0)                      # the same carve-out (seed 0)
+    expected = cmsg.choose_thresholds(val.Y, method.predict_scores(val))
+    assert method.val_threshold_ == expected[0]
+    np.testing.assert_array_equal(method.val_thresholds_, expected[1])
+    readouts = method.predict_readouts(test)
+    scores = method.predict_scores(test)
+    np.testing.assert_array_equal(readouts["val_threshold"] >= 0.5, scores >= method.val_threshold_)
+    np.testing.assert_array_equal(readouts["val_thresholds"] >= 0.5, scores >= method.val_thresholds_)
+    assert cmsg.CMSG(**TINY, use_correlation=False).fit(data).predict_readouts(test) == {}   # no carve-out: none
