@@ -22,7 +22,11 @@ Every resolved value is part of the job's identity. Before any job starts, each 
 and ``true``; an integer given for a float becomes that float, so ``C=1`` is the default row
 ``C=1.0``), then a constructed instance is checked by the method's own validation: scikit-learn's
 ``_parameter_constraints`` where the class declares them, and its ``_check_params()`` hook where
-it has one. Any failure is one line naming the key, the method and what was expected.
+it has one (under ``--smoke`` also on the values the smoke schedule replaces: ``epochs=-1 --smoke``
+is refused, not hidden), then, with the dataset loaded, its ``check_data(data, n_train)`` hook where it
+has one: the checks that need the dataset or a file (a beam wider than the label set, more
+neighbours than the smallest training part holds, a label-embedding file read once). Any failure
+is one line naming the key, the method and what was expected, before the first job.
 """
 
 from __future__ import annotations
@@ -103,6 +107,13 @@ class Resolved:
     overrides: dict
     scale_defaults: dict
     smoke: dict = field(default_factory=dict)  # the values ``--smoke`` set (they win over the others)
+    replaced: dict = field(default_factory=dict)  # the ``--set`` / scale values that ``--smoke`` replaced
+
+    @property
+    def unsmoked(self) -> dict:
+        """The hyper-parameters as they would be without ``--smoke`` (checked too: a smoke run must
+        not hide an invalid value it then replaces)."""
+        return {**self.params, **self.replaced} if self.smoke else self.params
 
 
 def resolve(cls: type, overrides: dict, scale_defaults: dict | None = None, smoke: bool = False) -> Resolved:
@@ -118,8 +129,9 @@ def resolve(cls: type, overrides: dict, scale_defaults: dict | None = None, smok
     # changes what would run without it.
     applied = _differing(given, {**params, **scale})
     scaled = _differing({k: v for k, v in scale.items() if k not in applied}, params)
+    replaced = {k: v for k, v in {**scaled, **applied}.items() if k in smoked}
     applied, scaled = ({k: v for k, v in d.items() if k not in smoked} for d in (applied, scaled))
-    return Resolved({**params, **scaled, **applied, **smoked}, applied, scaled, smoked)
+    return Resolved({**params, **scaled, **applied, **smoked}, applied, scaled, smoked, replaced)
 
 
 def smoke_values(cls: type) -> dict:
@@ -156,23 +168,35 @@ def check_override_keys(overrides: dict, classes: list[type]) -> None:
             raise BenchError(f"--set {key}: no selected method has a hyper-parameter {name!r}; known: {', '.join(known)}")
 
 
-def validate(cls: type, resolved: Resolved, dataset: str = "") -> None:
-    """The method's own checks on an instance built with ``resolved.params``: scikit-learn's
-    parameter constraints where declared, then its ``_check_params()`` hook where it has one."""
-    method = cls(**resolved.params)
-    checks = []
-    if getattr(cls, "_parameter_constraints", None) and callable(getattr(method, "_validate_params", None)):
-        checks.append(method._validate_params)
-    if callable(getattr(method, "_check_params", None)):
-        checks.append(method._check_params)
-    for check in checks:
-        try:
-            check()
-        except (BenchError, ValueError, TypeError) as exc:
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if not message.startswith(f"method {cls.name!r}"):
-                message = f"method {cls.name!r}: {message}"
-            raise BenchError(f"{_origin(resolved, dataset)}{message}") from None
+def validate(cls: type, resolved: Resolved, dataset: str = "", data=None, n_train: int | None = None) -> None:
+    """The method's own checks, before any job: on an instance built with ``resolved.params``
+    (and, under ``--smoke``, with the values the smoke schedule replaced), scikit-learn's parameter
+    constraints where declared, then its ``_check_params()`` hook where it has one; then, given the
+    dataset ``data`` (a :class:`~bench.data.MultiLabelData`), its ``check_data(data, n_train)`` hook
+    where it has one: the checks that need the dataset (a beam wider than the label set, a file
+    named by a hyper-parameter read and checked once), ``n_train`` being the size of the smallest
+    training part a job of the run will fit on."""
+    candidates = [resolved.params] + ([resolved.unsmoked] if resolved.replaced else [])
+    for values in candidates:
+        method = cls(**values)
+        checks = []
+        if getattr(cls, "_parameter_constraints", None) and callable(getattr(method, "_validate_params", None)):
+            checks.append(method._validate_params)
+        if callable(getattr(method, "_check_params", None)):
+            checks.append(method._check_params)
+        if data is not None and values is resolved.params and callable(getattr(method, "check_data", None)):
+            checks.append(lambda method=method: method.check_data(data, n_train))
+        for check in checks:
+            try:
+                check()
+            except (BenchError, ValueError, TypeError) as exc:
+                raise BenchError(f"{_origin(resolved, dataset)}{_one_line(cls, exc)}") from None
+
+
+def _one_line(cls: type, exc: BaseException) -> str:
+    """The first line of a check's error, prefixed with the method unless it names it already."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return message if message.startswith(f"method {cls.name!r}") else f"method {cls.name!r}: {message}"
 
 
 def _origin(resolved: Resolved, dataset: str) -> str:
@@ -185,6 +209,8 @@ def _origin(resolved: Resolved, dataset: str) -> str:
             f"{k}={v!r}" for k, v in resolved.scale_defaults.items()))
     if resolved.smoke:
         parts.append("--smoke " + " ".join(f"{k}={v!r}" for k, v in resolved.smoke.items()))
+    if resolved.replaced:
+        parts.append("values --smoke replaces " + " ".join(f"{k}={v!r}" for k, v in resolved.replaced.items()))
     return "; ".join(parts) + ": " if parts else ""
 
 

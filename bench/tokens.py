@@ -191,6 +191,17 @@ def select_inputs(data: MultiLabelData, inputs: str = "auto") -> str:
     return inputs
 
 
+def token_width(data: MultiLabelData, backbone: str, width: int | None = None, inputs: str = "auto") -> int:
+    """The width D of the tokens :func:`build_token_encoder` would give, without building it (no
+    weights read: the backbone is built on the meta device), for checks before any job."""
+    if width:
+        return int(width)
+    if select_inputs(data, inputs) == FEATURES:
+        return DEFAULT_FEATURE_WIDTH
+    with torch.device("meta"):
+        return int(build_backbone(backbone, pretrained=False).out_channels)
+
+
 def build_token_encoder(data: MultiLabelData, backbone: str, width: int | None = None,
                         pretrained: bool | str = True, *, image_size: int | None = None,
                         inputs: str = "auto", freeze_backbone: bool = False,

@@ -99,8 +99,8 @@ from bench.api import ablation_init
 from bench.data import MultiLabelData
 from bench.deep import DeepMethod
 from bench.errors import BenchError
-from bench.label_embeddings import check_source, label_embeddings, semantic_correlation
-from bench.tokens import TokenEncoder
+from bench.label_embeddings import BUILTIN_SOURCES, check_source, label_embeddings, semantic_correlation
+from bench.tokens import TokenEncoder, token_width
 
 CORRELATION_WEIGHTINGS = ("mask", "log")
 POSITIONAL_ENCODINGS = ("sine", "none")
@@ -385,6 +385,24 @@ class CMSG(DeepMethod):
                                                    pct_start=self.pct_start)
 
     # -------------------------------------------------------------- checks (before any job)
+    def check_data(self, data: MultiLabelData, n_train: int) -> None:
+        """Run by :func:`bench.params.validate` once before any job: the heads divide the token
+        width, and a label-embedding file is read and checked for this dataset's label names (the
+        jobs of this process reuse what it read)."""
+        if not self.baseline:
+            width = token_width(data, self.backbone, self.width, self.inputs)
+            if width % int(self.heads):
+                raise BenchError(f"method {self.name!r}: heads={self.heads} must divide the token width "
+                                 f"{width} (set width=... or another number of heads)")
+        if self.uses_correlation() and self.label_embedding not in BUILTIN_SOURCES:
+            try:
+                label_embeddings(data.label_names, self.label_embedding)
+            except BenchError:
+                raise
+            except Exception as exc:  # e.g. a pickle naming a module that is not installed
+                raise BenchError(f"label_embedding {self.label_embedding!r}: cannot be read "
+                                 f"({type(exc).__name__}: {exc})") from None
+
     def _check_params(self) -> None:
         super()._check_params()
         where = f"method {self.name!r}"

@@ -427,7 +427,6 @@ class OrderFreeRNN(DeepMethod):
     # -------------------------------------------------------------- DeepMethod hooks
     def setup(self, train: MultiLabelData) -> None:
         """T from the training part; the label ranks of the fixed-order ablations."""
-        self._check_order_free_params()
         counts = train.Y.sum(axis=0)
         largest = int(self.max_steps or max(1, int(train.Y.sum(axis=1).max(initial=0))))
         self.max_steps_ = min(largest, train.n_labels)                # the pool empties after L steps
@@ -550,6 +549,17 @@ class OrderFreeRNN(DeepMethod):
             losses.append(loss.detach())
         mean = torch.stack(losses).mean()
         return mean, {"steps": mean}
+
+    def _check_params(self) -> None:  # run by bench.params.validate before any job, and by fit
+        super()._check_params()
+        self._check_order_free_params()
+
+    def check_data(self, data: MultiLabelData, n_train: int) -> None:
+        """Before any job: a beam at most the label set's size L (the empty path has L successors;
+        the decode holds the region maps ``beam`` times, so ``beam=1000`` filled 13 GB)."""
+        if self.beam > data.n_labels:
+            raise BenchError(f"method {self.name!r}: beam must be at most the number of labels "
+                             f"({data.n_labels} in dataset {data.name!r}), got {self.beam!r}")
 
     def _check_order_free_params(self) -> None:
         where = f"method {self.name!r}"
