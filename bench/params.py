@@ -190,7 +190,8 @@ def validate(cls: type, resolved: Resolved, dataset: str = "", data=None, n_trai
             try:
                 check()
             except (BenchError, ValueError, TypeError) as exc:
-                raise BenchError(f"{_origin(resolved, dataset)}{_one_line(cls, exc)}") from None
+                raise BenchError(f"{_origin(resolved, dataset, values is not resolved.params)}"
+                                 f"{_one_line(cls, exc)}") from None
 
 
 def _one_line(cls: type, exc: BaseException) -> str:
@@ -199,7 +200,7 @@ def _one_line(cls: type, exc: BaseException) -> str:
     return message if message.startswith(f"method {cls.name!r}") else f"method {cls.name!r}: {message}"
 
 
-def _origin(resolved: Resolved, dataset: str) -> str:
+def _origin(resolved: Resolved, dataset: str, unsmoked: bool = False) -> str:
     """Where the values being checked came from, as the start of an error message."""
     parts = []
     if resolved.overrides:
@@ -209,7 +210,7 @@ def _origin(resolved: Resolved, dataset: str) -> str:
             f"{k}={v!r}" for k, v in resolved.scale_defaults.items()))
     if resolved.smoke:
         parts.append("--smoke " + " ".join(f"{k}={v!r}" for k, v in resolved.smoke.items()))
-    if resolved.replaced:
+    if unsmoked:
         parts.append("values --smoke replaces " + " ".join(f"{k}={v!r}" for k, v in resolved.replaced.items()))
     return "; ".join(parts) + ": " if parts else ""
 

@@ -1,0 +1,134 @@
+"""Every method's own checks run before the first job (issue 29): one ``bench: error:`` line, exit 2,
+nothing run, nothing stored; the checks that need the dataset read it (and a label-embedding file)
+once, before any job."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from bench import params, plugins, runner
+from bench.cli import main
+from bench.errors import BenchError
+
+RUN = ["run", "--folds", "2", "--no-progress", "--device", "cpu", "--jobs", "1"]
+
+
+@pytest.fixture
+def no_job(monkeypatch):
+    """A refusal must come before any job: running one fails the test."""
+    monkeypatch.setattr(runner, "run_jobs", lambda *a, **k: pytest.fail("a job ran before the refusal"))
+    monkeypatch.setattr(runner, "run_task", lambda *a, **k: pytest.fail("a job ran before the refusal"))
+
+
+def _glove(path, lines):
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return str(path)
+
+
+def _pickle_naming_a_missing_module(path):
+    path.write_bytes(b"ca_module_that_is_not_installed\nVectors\n.")  # GLOBAL opcode: imports the module
+    return str(path)
+
+
+VECTORS = [f"l{i} {' '.join(str(0.1 * (i + j)) for j in range(4))}" for i in range(4)]
+
+CASES = {
+    "rmlc hidden=0": (["--method", "rmlc", "--dataset", "tiny", "--set", "hidden=0"],
+                      "method 'rmlc': hidden must be an integer >= 1, got 0"),
+    "der alpha=-1": (["--method", "der", "--dataset", "tiny", "--set", "alpha=-1.0"],
+                     "method 'der': alpha and beta must be >= 0, got alpha=-1.0"),
+    "order_free_rnn beam=0": (["--method", "order_free_rnn", "--set", "beam=0"],
+                              "method 'order_free_rnn': beam must be a positive integer, got 0"),
+    "order_free_rnn beam wider than the label set": (
+        ["--method", "order_free_rnn", "--set", "beam=1000"],
+        "method 'order_free_rnn': beam must be at most the number of labels (10 in dataset 'mnist-mosaic'), got 1000"),
+    "cmsg heads not dividing the width": (
+        ["--method", "cmsg", "--dataset", "tiny", "--set", "heads=3"],
+        "method 'cmsg': heads=3 must divide the token width 256"),
+    "cmsg heads not dividing the small CNN's width": (
+        ["--method", "cmsg", "--set", "heads=3"], "method 'cmsg': heads=3 must divide the token width 128"),
+    "retdm more neighbours than training examples": (
+        ["--method", "retdm", "--dataset", "tiny", "--set", "n_neighbours=60"],  # 2 folds of 120: 60 to train on
+        "method 'retdm': n_neighbours must be smaller than the smallest training part (60 examples on dataset "
+        "'tiny'), got 60"),
+    "epochs=-1 hidden by --smoke": (["--method", "rmlc", "--dataset", "tiny", "--set", "epochs=-1", "--smoke"],
+                                    "values --smoke replaces epochs=-1: method 'rmlc': epochs must be a positive "
+                                    "integer, got -1"),
+    "a malformed GloVe line": (
+        lambda d: ["--method", "cmsg", "--dataset", "tiny", "--set",
+                   f"label_embedding={_glove(d / 'g.txt', [*VECTORS[:2], 'l2 0.5', *VECTORS[3:]])}"],
+        "g.txt: line 3 has 1 values, expected 4"),
+    "a label word missing from the GloVe file": (
+        lambda d: ["--method", "cmsg", "--dataset", "tiny", "--set",
+                   f"label_embedding={_glove(d / 'g.txt', VECTORS[:3])}"],
+        "g.txt: label 'l3': word 'l3' is not in the vocabulary"),
+    "an empty GloVe file": (
+        lambda d: ["--method", "cmsg", "--dataset", "tiny", "--set", f"label_embedding={_glove(d / 'g.txt', [])}"],
+        "g.txt: no word vectors in the file"),
+    "a pickle of the wrong shape": (
+        lambda d: ["--method", "cmsg", "--dataset", "tiny", "--set",
+                   f"label_embedding={_pickle(d / 'v.pkl', np.ones((3, 5)))}"],
+        "v.pkl: expected an array [4 labels, dim]"),
+    "a pickle naming a missing module": (
+        lambda d: ["--method", "cmsg", "--dataset", "tiny", "--set",
+                   f"label_embedding={_pickle_naming_a_missing_module(d / 'v.pkl')}"],
+        "v.pkl': cannot be read (ModuleNotFoundError: No module named 'a_module_that_is_not_installed')"),
+}
+
+
+def _pickle(path, obj):
+    path.write_bytes(pickle.dumps(obj))
+    return str(path)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_method_s_own_check_refuses_before_any_job(case, tmp_path, capsys, no_job):
+    argv, message = CASES[case]
+    if callable(argv):
+        argv = argv(tmp_path)
+    assert main(RUN + argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench: error: ") and err.count("\n") == 1, err
+    assert message in err and "Traceback" not in err, err
+    assert not list((tmp_path / "results").rglob("*.json"))
+
+
+def test_a_good_label_embedding_file_passes_and_is_read_once_before_the_jobs(tmp_path, monkeypatch):
+    """The check reads the file with the function the jobs use, so a worker in this process reuses it."""
+    from bench import label_embeddings
+
+    path = _glove(tmp_path / "g.txt", VECTORS)
+    cls = plugins.get("methods", "cmsg")
+    reads = []
+    real = label_embeddings._glove_embeddings
+    monkeypatch.setattr(label_embeddings, "_glove_embeddings", lambda *a: reads.append(a) or real(*a))
+    label_embeddings._file_embeddings.cache_clear()
+    data = runner.load_dataset("tiny", str(tmp_path))
+    resolved = params.resolve(cls, {"label_embedding": path})
+    params.validate(cls, resolved, "tiny", data, 60)
+    assert len(reads) == 1
+    assert np.allclose(label_embeddings.label_embeddings(data.label_names, path)[1], [0.1, 0.2, 0.3, 0.4])
+    assert len(reads) == 1  # the job's read came from the check's
+
+
+def test_the_data_checks_accept_the_boundary_values(tmp_path):
+    """beam = L and n_neighbours = n_train - 1 are allowed; one more is refused."""
+    data = runner.load_dataset("tiny", str(tmp_path))
+    retdm = plugins.get("methods", "retdm")
+    params.validate(retdm, params.resolve(retdm, {"n_neighbours": 59}), "tiny", data, 60)
+    with pytest.raises(BenchError, match="n_neighbours must be smaller"):
+        params.validate(retdm, params.resolve(retdm, {"n_neighbours": 60}), "tiny", data, 60)
+    ofr = plugins.get("methods", "order_free_rnn")
+    ofr(beam=4).check_data(data, 60)
+    with pytest.raises(BenchError, match="beam must be at most the number of labels"):
+        ofr(beam=5).check_data(data, 60)
+
+
+def test_smoke_still_replaces_valid_values():
+    """The check of the values --smoke replaces refuses only invalid ones: epochs=3 --smoke runs one epoch."""
+    resolved = params.resolve(plugins.get("methods", "rmlc"), {"epochs": 3}, smoke=True)
+    assert resolved.params["epochs"] == 1 and resolved.replaced == {"epochs": 3}
+    params.validate(plugins.get("methods", "rmlc"), resolved, "tiny")
