@@ -298,6 +298,13 @@ def cmd_run(args) -> int:
     if args.method is None:
         raise BenchError("bench run needs --method: a method name (`br`, the binary-relevance baseline, to start), "
                          "several comma-separated, or all; `bench list` shows them")
+    if args.address is not None and args.backend != "ray":
+        raise BenchError(f"--address {args.address} names a Ray cluster: it needs --backend ray")
+    if args.backend == "ray":
+        from bench import ray_backend
+
+        ray_backend._ray()  # installed?
+        ray_backend.check_address(args.address)
     data_root = args.data_root or default_data_root()
     methods = plugins.resolve_names("methods", args.method)
     datasets = plugins.resolve_names("datasets", args.dataset)

@@ -4,7 +4,10 @@ once, before any job."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import socket
+import time
 
 import numpy as np
 import pytest
@@ -132,3 +135,41 @@ def test_smoke_still_replaces_valid_values():
     resolved = params.resolve(plugins.get("methods", "rmlc"), {"epochs": 3}, smoke=True)
     assert resolved.params["epochs"] == 1 and resolved.replaced == {"epochs": 3}
     params.validate(plugins.get("methods", "rmlc"), resolved, "tiny")
+
+
+# ----------------------------------------------------------------------------- Ray's --address
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--backend", "ray", "--address", "127.0.0.1:{port}"],
+     "--backend ray: cannot reach a Ray cluster at 127.0.0.1:{port} (Connection refused within 10 s)"),
+    (["--address", "127.0.0.1:{port}"], "--address 127.0.0.1:{port} names a Ray cluster: it needs --backend ray"),
+    (["--backend", "ray", "--address", "headnode"], "--address expects HOST:PORT or ray://HOST:PORT (or auto), "
+                                                    "got 'headnode'"),
+])
+def test_a_ray_address_that_cannot_serve_is_refused_at_once(argv, message, capsys, no_job, tmp_path):
+    pytest.importorskip("ray")
+    port = _closed_port()
+    started = time.monotonic()
+    assert main(RUN + ["--method", "br", "--dataset", "tiny"] + [a.format(port=port) for a in argv]) == 2
+    assert time.monotonic() - started < 30
+    err = capsys.readouterr().err
+    assert err.startswith("bench: error: ") and err.count("\n") == 1 and message.format(port=port) in err, err
+
+
+def test_ray_s_retry_warnings_are_held_back_unless_the_connection_succeeds(capfd):
+    """A port that answers but is not Ray's: Ray's client writes a warning to fd 2 each second for
+    20 s before it gives up; they are not shown beside the one error line."""
+    from bench import ray_backend
+
+    with pytest.raises(RuntimeError), ray_backend._stderr_held(True):
+        os.write(2, b"W gcs_client.cc: Failed to get cluster ID\n")
+        raise RuntimeError("Failed to connect")
+    assert capfd.readouterr().err == ""
+    with ray_backend._stderr_held(True):
+        os.write(2, b"connected after one retry\n")
+    assert capfd.readouterr().err == "connected after one retry\n"
