@@ -173,3 +173,27 @@ def test_ray_s_retry_warnings_are_held_back_unless_the_connection_succeeds(capfd
     with ray_backend._stderr_held(True):
         os.write(2, b"connected after one retry\n")
     assert capfd.readouterr().err == "connected after one retry\n"
+
+
+# ----------------------------------------------------------------------------- bench report's folder
+def test_bench_report_into_a_folder_it_cannot_write_is_one_line(tmp_path, capsys, monkeypatch):
+    """Permission denied (simulated: the suite may run as root, who writes anywhere) and a path
+    under a file: one line naming the folder, no traceback."""
+    import errno
+    import tempfile
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["report", "--out", str(blocker / "reports")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bench: error: reports folder {blocker / 'reports'} cannot be written (")
+    assert err.count("\n") == 1 and "choose another with --out or $BENCH_REPORTS" in err
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    assert main(["report"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"bench: error: reports folder {tmp_path / 'reports'} cannot be written (Permission denied); "
+                   "choose another with --out or $BENCH_REPORTS\n")
