@@ -494,6 +494,12 @@ class Results:
         """Row id -> number of runs (folds x seeds) behind the row."""
         return pd.Series({row.id: len(row.records) for row in self.rows}, dtype=int)
 
+    @functools.cached_property
+    def expected_runs(self) -> pd.Series:
+        """Row id -> the runs a complete row has: its folds (1 for a fixed split) x its seeds."""
+        return pd.Series({row.id: row.n_folds * len({r.config.seed for r in row.records}) for row in self.rows},
+                         dtype=int)
+
     def undefined(self, rows: Iterable[Row], columns: Iterable[str]) -> dict[str, int]:
         """Entries left out of the averages of ``columns``, summed over the rows' runs."""
         columns = set(columns)
