@@ -12,7 +12,8 @@ sources decide the value a job runs with, the first that gives one winning:
 3. the constructor's default.
 
 ``bench run --smoke`` then sets, on top of all three, the parameters of :data:`SMOKE_SCHEDULE` that a
-method has (a one-epoch, two-step schedule), and the runner keeps only the first
+method has (a one-epoch, two-step schedule), lowers those of :data:`SMOKE_CAPS` that are larger
+(image size, batch size), and the runner keeps only the first
 :data:`SMOKE_EXAMPLES` examples of each fold's training and test parts: a check that a set-up runs end to end in seconds, not a
 result. A smoke job is a job of its own (``config["smoke"]``), and the results layer keeps its
 records out of the real rows (:mod:`bench.results`).
@@ -45,6 +46,10 @@ WORDS = {"true": True, "false": False, "none": None}
 #: ``bench run --smoke``: the tiny schedule, for the common names a method has (``bench.deep``'s
 #: ``epochs``, ``steps_per_epoch``); the method conformance suite builds its tiny models on it too.
 SMOKE_SCHEDULE = {"epochs": 1, "steps_per_epoch": 2}
+#: ``bench run --smoke`` also caps these sizes where a method's value is larger, so that a smoke job
+#: of a paper's set-up (ResNet-101 at 448 px, batches of 32: 8-16 GB and over 12 minutes a fold on
+#: a CPU) takes seconds anywhere: the same code runs on smaller images and batches.
+SMOKE_CAPS = {"image_size": 64, "resize": 72, "batch_size": 8}
 #: ``bench run --smoke`` also keeps only the first this many examples of each fold's training and test
 #: parts, so that prediction and validation (which the schedule does not shorten) take seconds too.
 SMOKE_EXAMPLES = 96
@@ -121,7 +126,6 @@ def resolve(cls: type, overrides: dict, scale_defaults: dict | None = None, smok
     parameters not overridden, the applicable dataset-scale defaults; with ``smoke``, the
     applicable :data:`SMOKE_SCHEDULE` on top of both."""
     params = defaults(cls)
-    smoked = smoke_values(cls) if smoke else {}
     given = _coerced(cls, applicable(cls, overrides, params), "--set")
     scale = _coerced(cls, applicable(cls, scale_defaults or {}, params, family=True), "scale default")
     # A value the user gives always wins over a scale setting, also when it equals the class default
@@ -129,9 +133,17 @@ def resolve(cls: type, overrides: dict, scale_defaults: dict | None = None, smok
     # changes what would run without it.
     applied = _differing(given, {**params, **scale})
     scaled = _differing({k: v for k, v in scale.items() if k not in applied}, params)
+    smoked = {**smoke_values(cls), **smoke_caps({**params, **scaled, **applied})} if smoke else {}
     replaced = {k: v for k, v in {**scaled, **applied}.items() if k in smoked}
     applied, scaled = ({k: v for k, v in d.items() if k not in smoked} for d in (applied, scaled))
     return Resolved({**params, **scaled, **applied, **smoked}, applied, scaled, smoked, replaced)
+
+
+def smoke_caps(values: dict) -> dict:
+    """The :data:`SMOKE_CAPS` that lower one of ``values`` (an integer above its cap; None, a
+    method's "native size", is left as it is)."""
+    return {k: cap for k, cap in SMOKE_CAPS.items()
+            if isinstance(values.get(k), int) and not isinstance(values[k], bool) and values[k] > cap}
 
 
 def smoke_values(cls: type) -> dict:

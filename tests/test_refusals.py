@@ -197,3 +197,57 @@ def test_bench_report_into_a_folder_it_cannot_write_is_one_line(tmp_path, capsys
     err = capsys.readouterr().err
     assert err == (f"bench: error: reports folder {tmp_path / 'reports'} cannot be written (Permission denied); "
                    "choose another with --out or $BENCH_REPORTS\n")
+
+
+# ----------------------------------------------------------------------------- --smoke caps sizes
+def test_smoke_caps_image_and_batch_sizes_of_a_paper_set_up():
+    """`--smoke --paper-defaults --set pretrained=false` for DER: ResNet-101 at 448 px in batches of
+    32 took over 12 minutes a fold on a CPU; the smoke job runs the same code on 64 px in batches
+    of 8. A smaller value, or None (native size), is left as it is."""
+    der = plugins.get("methods", "der")
+    resolved = params.resolve(der, {"pretrained": False}, None, smoke=True)
+    assert {k: resolved.params[k] for k in ("image_size", "resize", "batch_size", "epochs", "backbone")} == {
+        "image_size": 64, "resize": 72, "batch_size": 8, "epochs": 1, "backbone": "resnet101"}
+    assert resolved.smoke == {"epochs": 1, "steps_per_epoch": 2, "image_size": 64, "resize": 72, "batch_size": 8}
+    kept = params.resolve(der, {"image_size": 32, "resize": None, "batch_size": 4}, None, smoke=True)
+    assert (kept.params["image_size"], kept.params["resize"], kept.params["batch_size"]) == (32, None, 4)
+    assert params.resolve(der, {}, None).params["image_size"] == 448  # without --smoke: untouched
+    with pytest.raises(BenchError, match="batch_size must be a positive integer, got 0"):
+        params.validate(der, params.resolve(der, {"batch_size": 0}, None, smoke=True))  # a cap only lowers
+
+
+SIZED = """
+import numpy as np
+from bench.api import Method
+
+
+class Sized(Method):
+    name = "sized"
+
+    def __init__(self, epochs: int = 50, batch_size: int = 32, image_size: int | None = 448):
+        self.epochs, self.batch_size, self.image_size = epochs, batch_size, image_size
+
+    def fit(self, train, val=None):
+        self.prior_ = train.Y.mean(0)
+        return self
+
+    def predict_scores(self, data):
+        return np.tile(self.prior_, (data.n_samples, 1))
+"""
+
+
+def test_capped_smoke_runs_are_current_not_stale(isolated, tmp_path, capsys, caplog):
+    """The report's check that a stored run is what `bench run` would run today knows the caps."""
+    import json
+    import logging
+
+    (isolated / "methods" / "sized.py").write_text(SIZED)
+    plugins.load.cache_clear()
+    assert main(["run", "--method", "sized", "--dataset", "tiny", "--folds", "2", "--no-progress", "--smoke"]) == 0
+    stored = [json.loads(p.read_text()) for p in (tmp_path / "results" / "tiny" / "sized").glob("*.json")]
+    assert [r["config"]["params"] for r in stored] == [{"epochs": 1, "batch_size": 8, "image_size": 64}] * 2
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING):
+        assert main(["report", "--smoke", "--format", "md", "--no-leaderboard"]) == 0
+    assert "| sized (smoke) |" in capsys.readouterr().out
+    assert not [m for m in caplog.messages if "left out" in m]
