@@ -251,3 +251,56 @@ def test_capped_smoke_runs_are_current_not_stale(isolated, tmp_path, capsys, cap
         assert main(["report", "--smoke", "--format", "md", "--no-leaderboard"]) == 0
     assert "| sized (smoke) |" in capsys.readouterr().out
     assert not [m for m in caplog.messages if "left out" in m]
+
+
+# ----------------------------------------------------------------------------- Ctrl-C with --jobs 2
+SLEEPY = """
+import os, time
+from pathlib import Path
+import numpy as np
+from bench.api import Method
+
+
+class Sleepy(Method):
+    name = "sleepy"
+
+    def __init__(self, random_state: int = 0):
+        self.random_state = random_state
+
+    def fit(self, train, val=None):
+        Path(os.environ["SLEEPY_MARKS"], f"{os.getpid()}-{train.n_samples}").touch()
+        time.sleep(60)
+        return self
+
+    def predict_scores(self, data):
+        return np.zeros((data.n_samples, data.n_labels))
+"""
+
+
+def test_ctrl_c_with_two_workers_is_one_line(isolated, tmp_path):
+    """Ctrl-C reaches the whole foreground process group (bench and its loky workers): one line,
+    exit 130, nothing from joblib or the resource tracker."""
+    import signal
+    import subprocess
+    import sys
+
+    (isolated / "methods" / "sleepy.py").write_text(SLEEPY)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    env = {**os.environ, "SLEEPY_MARKS": str(marks)}
+    cmd = [sys.executable, "-m", "bench.cli", "run", "--method", "sleepy", "--dataset", "tiny", "--folds", "2",
+           "--jobs", "2", "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(marks.iterdir())) < 2 and time.monotonic() < deadline:  # both workers are fitting
+            time.sleep(0.1)
+        assert len(list(marks.iterdir())) == 2, proc.stderr.read() if proc.poll() is not None else "no fit started"
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130
+    assert err == "bench: interrupted; finished jobs are stored, re-run the command to resume\n", err
