@@ -290,8 +290,12 @@ def test_ctrl_c_with_two_workers_is_one_line(isolated, tmp_path):
     env = {**os.environ, "SLEEPY_MARKS": str(marks)}
     cmd = [sys.executable, "-m", "bench.cli", "run", "--method", "sleepy", "--dataset", "tiny", "--folds", "2",
            "--jobs", "2", "--no-progress"]
+    def as_in_a_terminal():  # its own process group, Ctrl-C not ignored (as it is under nohup or `&`)
+        os.setsid()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            preexec_fn=as_in_a_terminal)
     try:
         deadline = time.monotonic() + 60
         while len(list(marks.iterdir())) < 2 and time.monotonic() < deadline:  # both workers are fitting
