@@ -47,8 +47,8 @@ WORDS = {"true": True, "false": False, "none": None}
 #: ``epochs``, ``steps_per_epoch``); the method conformance suite builds its tiny models on it too.
 SMOKE_SCHEDULE = {"epochs": 1, "steps_per_epoch": 2}
 #: ``bench run --smoke`` also caps these sizes where a method's value is larger, so that a smoke job
-#: of a paper's set-up (ResNet-101 at 448 px, batches of 32: 8-16 GB and over 12 minutes a fold on
-#: a CPU) takes seconds anywhere: the same code runs on smaller images and batches.
+#: of a paper's set-up (ResNet-101 at 448 px, batches of 32: issue 29 saw no fold finish on a CPU in
+#: 12 minutes) takes seconds anywhere: the same code runs on smaller images and batches.
 SMOKE_CAPS = {"image_size": 64, "resize": 72, "batch_size": 8}
 #: ``bench run --smoke`` also keeps only the first this many examples of each fold's training and test
 #: parts, so that prediction and validation (which the schedule does not shorten) take seconds too.

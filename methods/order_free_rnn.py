@@ -556,7 +556,7 @@ class OrderFreeRNN(DeepMethod):
 
     def check_data(self, data: MultiLabelData, n_train: int) -> None:
         """Before any job: a beam at most the label set's size L (the empty path has L successors;
-        the decode holds the region maps ``beam`` times, so ``beam=1000`` filled 13 GB)."""
+        the decode holds the region maps ``beam`` times: issue 29's ``beam=1000`` never finished)."""
         if self.beam > data.n_labels:
             raise BenchError(f"method {self.name!r}: beam must be at most the number of labels "
                              f"({data.n_labels} in dataset {data.name!r}), got {self.beam!r}")
