@@ -124,7 +124,8 @@ class Resolved:
 def resolve(cls: type, overrides: dict, scale_defaults: dict | None = None, smoke: bool = False) -> Resolved:
     """``cls``'s full hyper-parameters with the applicable ``--set`` overrides and, for the
     parameters not overridden, the applicable dataset-scale defaults; with ``smoke``, the
-    applicable :data:`SMOKE_SCHEDULE` on top of both."""
+    applicable :data:`SMOKE_SCHEDULE` and :data:`SMOKE_CAPS` on top of both (what they replace is
+    kept in ``replaced``, for :func:`validate`)."""
     params = defaults(cls)
     given = _coerced(cls, applicable(cls, overrides, params), "--set")
     scale = _coerced(cls, applicable(cls, scale_defaults or {}, params, family=True), "scale default")
