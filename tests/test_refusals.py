@@ -118,16 +118,17 @@ def test_a_good_label_embedding_file_passes_and_is_read_once_before_the_jobs(tmp
 
 
 def test_the_data_checks_accept_the_boundary_values(tmp_path):
-    """beam = L and n_neighbours = n_train - 1 are allowed; one more is refused."""
+    """n_neighbours = n_train - 1 and beam = L are allowed; one more is refused."""
     data = runner.load_dataset("tiny", str(tmp_path))
     retdm = plugins.get("methods", "retdm")
     params.validate(retdm, params.resolve(retdm, {"n_neighbours": 59}), "tiny", data, 60)
     with pytest.raises(BenchError, match="n_neighbours must be smaller"):
         params.validate(retdm, params.resolve(retdm, {"n_neighbours": 60}), "tiny", data, 60)
     ofr = plugins.get("methods", "order_free_rnn")
-    ofr(beam=4).check_data(data, 60)
+    mosaic = runner.load_dataset("mnist-mosaic", str(tmp_path))  # 10 labels
+    ofr(beam=10, backbone="small-cnn", image_size=None).check_data(mosaic, 96)
     with pytest.raises(BenchError, match="beam must be at most the number of labels"):
-        ofr(beam=5).check_data(data, 60)
+        ofr(beam=11, backbone="small-cnn", image_size=None).check_data(mosaic, 96)
 
 
 def test_smoke_still_replaces_valid_values():
@@ -308,3 +309,20 @@ def test_ctrl_c_with_two_workers_is_one_line(isolated, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130
     assert err == "bench: interrupted; finished jobs are stored, re-run the command to resume\n", err
+
+
+def test_order_free_rnn_refuses_a_decode_that_does_not_fit_in_memory(tmp_path, monkeypatch):
+    """Beam search keeps regions [m, C], keys [m, A] and maps [L, m] (float32) per path of an
+    evaluation batch (2 x batch_size images). Small CNN on 56 px mosaics: m = 14 x 14 = 196, C = 128,
+    A = hidden = 512, L = 10: 4 * 196 * 650 = 509,600 bytes a path; with beam 10 and a budget of
+    half of 2 GiB, batch_size 105 needs 1,070,160,000 bytes (fits), 106 needs 1,080,352,000 (not)."""
+    import sys
+
+    ofr = plugins.get("methods", "order_free_rnn")
+    monkeypatch.setattr(sys.modules[ofr.__module__], "host_memory", lambda: 2 * 2**30)
+    data = runner.load_dataset("mnist-mosaic", str(tmp_path))
+    small = dict(backbone="small-cnn", pretrained=False, image_size=None, beam=10)
+    ofr(**small, batch_size=105).check_data(data, 96)
+    with pytest.raises(BenchError, match=r"beam=10 with batch_size=106 needs 1\.0 GiB to decode a batch, more "
+                                         r"than half this machine's 2\.0 GiB; lower beam or batch_size"):
+        ofr(**small, batch_size=106).check_data(data, 96)
