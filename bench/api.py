@@ -65,6 +65,10 @@ class Method(BaseEstimator):
 
     Optional conventions the harness uses when present:
 
+    * ``_check_params()`` raises a one-line error for an invalid hyper-parameter, and
+      ``check_data(data, n_train)`` for one that does not suit the dataset (a beam wider than its
+      label set, more neighbours than the smallest training part ``n_train`` holds, a file it
+      names); :func:`bench.params.validate` runs both once before any job;
     * a ``random_state`` constructor argument is set to the job's seed;
     * a ``device`` constructor argument is set to the worker's device (``"cpu"``, ``"cuda:0"``);
     * ``history_``: a list of per-epoch dicts (``{"epoch": 3, "loss": ..., "val_mAP": ...}``,

@@ -246,7 +246,7 @@ def _threads(args) -> int | None:
         raise BenchError(f"$BENCH_THREADS {exc}") from None
 
 
-def writable_folder(path: Path, what: str) -> Path:
+def writable_folder(path: Path, what: str, hint: str = "") -> Path:
     """``path``, created if needed, once a file could be written in it (before any job runs)."""
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -255,7 +255,7 @@ def writable_folder(path: Path, what: str) -> Path:
         os.unlink(probe)
     except OSError as exc:
         raise BenchError(f"{what} folder {path} cannot be written ({exc.strerror or exc}); "
-                         f"choose another with {'--results or $BENCH_RESULTS' if what == 'results' else '$BENCH_REPORTS'}"
+                         f"choose another with {hint or ('--results or $BENCH_RESULTS' if what == 'results' else '$BENCH_REPORTS')}"
                          ) from None
     return path
 
@@ -298,6 +298,13 @@ def cmd_run(args) -> int:
     if args.method is None:
         raise BenchError("bench run needs --method: a method name (`br`, the binary-relevance baseline, to start), "
                          "several comma-separated, or all; `bench list` shows them")
+    if args.address is not None and args.backend != "ray":
+        raise BenchError(f"--address {args.address} names a Ray cluster: it needs --backend ray")
+    if args.backend == "ray":
+        from bench import ray_backend
+
+        ray_backend._ray()  # installed?
+        ray_backend.check_address(args.address)
     data_root = args.data_root or default_data_root()
     methods = plugins.resolve_names("methods", args.method)
     datasets = plugins.resolve_names("datasets", args.dataset)
@@ -349,7 +356,7 @@ def cmd_report(args) -> int:
     store_root = args.results or default_results()
     results = results_layer.load(ResultStore(store_root), datasets, methods,
                                  data_root=args.data_root or default_data_root(), smoke=args.smoke)
-    out_dir = _reports_folder(args.out, args.smoke)
+    out_dir = writable_folder(_reports_folder(args.out, args.smoke), "reports", "--out or $BENCH_REPORTS")
     tables, written = write_reports(results, out_dir, formats, leaderboard=not args.no_leaderboard)
     if not tables:
         what = "smoke run" if args.smoke else "finished run"

@@ -14,6 +14,7 @@ This module also holds :func:`check_jpeg_files`, the cheap integrity check of im
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -56,29 +57,52 @@ def archives_of(name: str) -> tuple[Archive, ...]:
 
 def fetch(name: str, data_root: Path, *, keep_archives: bool = True) -> list[Path]:
     """Download, verify (MD5) and extract every archive of ``name`` under ``data_root``."""
-    from torchvision.datasets.utils import download_and_extract_archive
-
     data_root = Path(data_root)
     extracted = []
     for archive in archives_of(name):
         target = data_root / archive.subdir
         log.info("fetching %s into %s", archive.url, target)
-        try:
-            download_and_extract_archive(archive.url, download_root=target, extract_root=target,
-                                         filename=archive.filename, md5=archive.md5,
-                                         remove_finished=not keep_archives)
-        except RuntimeError as exc:  # torchvision's message for a checksum mismatch
-            raise BenchError(f"{target / archive.filename}: download from {archive.url} failed its MD5 "
-                             f"check (expected {archive.md5}): {exc}") from None
-        except URLError as exc:  # offline, DNS, connection refused
-            raise BenchError(f"cannot download {archive.url} ({exc.reason}); are you offline? Put the "
-                             f"files under {data_root} by hand (README, 'Datasets')") from None
-        except OSError as exc:  # disk full, no permission: writing or extracting, not the network
-            raise BenchError(f"{target / archive.filename}: cannot write or extract ({exc})") from None
-        except Exception as exc:  # a corrupt archive: tarfile/zipfile errors
-            raise BenchError(f"{target / archive.filename}: cannot extract ({type(exc).__name__}: {exc})") from None
+        with _tidied_on_failure(target, target / archive.filename):
+            _download(archive, target, data_root, keep_archives)
         extracted.append(target)
     return extracted
+
+
+@contextlib.contextmanager
+def _tidied_on_failure(target: Path, archive_path: Path):
+    """A failed fetch leaves nothing behind that it made: the folders it created (an empty data
+    root, offline), and the archive file where none was there before (a partial download). Files
+    that were there stay."""
+    created = [folder for folder in (target, *target.parents) if not folder.exists()]
+    had_archive = archive_path.exists()
+    try:
+        yield
+    except BaseException:
+        if not had_archive:
+            archive_path.unlink(missing_ok=True)
+        for folder in created:  # deepest first; one that holds anything now is kept
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _download(archive: Archive, target: Path, data_root: Path, keep_archives: bool) -> None:
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    try:
+        download_and_extract_archive(archive.url, download_root=target, extract_root=target,
+                                     filename=archive.filename, md5=archive.md5,
+                                     remove_finished=not keep_archives)
+    except RuntimeError as exc:  # torchvision's message for a checksum mismatch
+        raise BenchError(f"{target / archive.filename}: download from {archive.url} failed its MD5 "
+                         f"check (expected {archive.md5}): {exc}") from None
+    except URLError as exc:  # offline, DNS, connection refused
+        raise BenchError(f"cannot download {archive.url} ({exc.reason}); are you offline? Put the "
+                         f"files under {data_root} by hand (README, 'Datasets')") from None
+    except OSError as exc:  # disk full, no permission: writing or extracting, not the network
+        raise BenchError(f"{target / archive.filename}: cannot write or extract ({exc})") from None
+    except Exception as exc:  # a corrupt archive: tarfile/zipfile errors
+        raise BenchError(f"{target / archive.filename}: cannot extract ({type(exc).__name__}: {exc})") from None
 
 
 def check_jpeg_files(paths: Iterable[Path]) -> None:

@@ -259,6 +259,32 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+class _Loader(DataLoader):
+    """A DataLoader whose workers' one-line errors stay one line. torch re-raises an exception of a
+    worker in this process with its whole traceback as the message ("Caught BenchError in
+    DataLoader worker process 0. Original Traceback ..."); the worker's own message is its last line."""
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except BenchError as exc:
+                raise BenchError(worker_message(str(exc))) from None
+            yield batch
+
+
+def worker_message(text: str) -> str:
+    """The message a DataLoader worker raised, from torch's re-raised text (``text`` itself when it
+    is not one of those)."""
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return text
+    last = [line for line in text.strip().splitlines() if line.strip()][-1]
+    return last.split("BenchError: ", 1)[1] if "BenchError: " in last else last.strip()
+
+
 def make_loader(view: ImageView, Y: np.ndarray | None, transform: ImageTransform, *, batch_size: int = 1,
                 shuffle: bool = False, seed: int = 0, num_workers: int | None = None, pin_memory: bool = False,
                 drop_last: bool = False, batch_sampler: IndexBatches | None = None) -> DataLoader:
@@ -271,9 +297,9 @@ def make_loader(view: ImageView, Y: np.ndarray | None, transform: ImageTransform
     common = dict(num_workers=workers, pin_memory=pin_memory, generator=generator, worker_init_fn=_seed_worker,
                   persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
     if batch_sampler is not None:
-        return DataLoader(ImageSet(view, Y, transform, with_index=True), batch_sampler=batch_sampler, **common)
-    return DataLoader(ImageSet(view, Y, transform), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                      **common)
+        return _Loader(ImageSet(view, Y, transform, with_index=True), batch_sampler=batch_sampler, **common)
+    return _Loader(ImageSet(view, Y, transform), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                   **common)
 
 
 def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[float], device: torch.device,

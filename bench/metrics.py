@@ -64,8 +64,10 @@ label index first.
 examples, as ``sklearn.metrics.average_precision_score``: ``Σ_t (R_t - R_{t-1}) P_t`` over the
 distinct score thresholds ``t``, so examples tied in score form one threshold. Entries marked in
 ``ignore`` (Pascal VOC's "difficult" labels, which ML-GCN skips with ``difficult_examples=True``) are
-removed from the label's ranking first; ``ignore`` affects only ``mAP``/``per_label_ap``, as in
-ML-GCN. A label with no positive (after ``ignore``) is undefined: NaN in ``per_label_ap``, left out
+removed from the label's ranking first. In ``CP … OF1`` and their top-3 versions an ``ignore``d
+entry counts as a negative, as in ML-GCN's ``overall()``/``overall_topk()`` (its targets code a
+difficult label 0, and ``targets[targets == -1] = 0`` makes negatives 0 too); the other metrics
+take ``y_true`` as given. A label with no positive (after ``ignore``) is undefined: NaN in ``per_label_ap``, left out
 of ``mAP``. ML-GCN's ``AveragePrecisionMeter.average_precision`` loop computes the same value when
 the scores have no ties (with ties, its value depends on the sort order it happens to get).
 """
@@ -193,8 +195,8 @@ def evaluate(y_true, scores, y_pred=None, ignore=None) -> MetricResult:
         y_true: {0,1} array [n, L], the relevant labels (dense or scipy sparse).
         scores: finite float array [n, L], per-label confidences (probabilities).
         y_pred: {0,1} array [n, L], the predicted label sets; default ``scores >= 0.5``.
-        ignore: optional bool array [n, L] of entries left out of ``mAP`` / ``per_label_ap``
-            (Pascal VOC "difficult" labels); default none.
+        ignore: optional bool array [n, L] of entries left out of ``mAP`` / ``per_label_ap`` and
+            counted as negatives in ``CP … OF1`` (Pascal VOC "difficult" labels, as ML-GCN); default none.
 
     Raises:
         BenchError: an argument has the wrong shape or values.
@@ -210,8 +212,9 @@ def evaluate(y_true, scores, y_pred=None, ignore=None) -> MetricResult:
     _add(values, undefined, _ranking_metrics(y_true, scores))
     values["subset_accuracy"] = float(np.mean(np.all(y_true == y_pred, axis=1)))
     _add(values, undefined, _f1_metrics(y_true, y_pred))
-    _add(values, undefined, _mlgcn_metrics(y_true, y_pred))
-    _add(values, undefined, _mlgcn_metrics(y_true, y_pred & _top_k_mask(scores, TOP_K), suffix="_top3"))
+    mlgcn_true = y_true & ~ignore  # ML-GCN's overall(): a difficult label (target 0) counts as a negative
+    _add(values, undefined, _mlgcn_metrics(mlgcn_true, y_pred))
+    _add(values, undefined, _mlgcn_metrics(mlgcn_true, y_pred & _top_k_mask(scores, TOP_K), suffix="_top3"))
     per_label_ap = _per_label_ap(y_true, scores, ignore)
     values["mAP"], undefined["mAP"] = _mean_of_defined(per_label_ap)
     return MetricResult(values, per_label_ap, undefined)

@@ -12,7 +12,8 @@ sources decide the value a job runs with, the first that gives one winning:
 3. the constructor's default.
 
 ``bench run --smoke`` then sets, on top of all three, the parameters of :data:`SMOKE_SCHEDULE` that a
-method has (a one-epoch, two-step schedule), and the runner keeps only the first
+method has (a one-epoch, two-step schedule), lowers those of :data:`SMOKE_CAPS` that are larger
+(image size, batch size), and the runner keeps only the first
 :data:`SMOKE_EXAMPLES` examples of each fold's training and test parts: a check that a set-up runs end to end in seconds, not a
 result. A smoke job is a job of its own (``config["smoke"]``), and the results layer keeps its
 records out of the real rows (:mod:`bench.results`).
@@ -22,7 +23,11 @@ Every resolved value is part of the job's identity. Before any job starts, each 
 and ``true``; an integer given for a float becomes that float, so ``C=1`` is the default row
 ``C=1.0``), then a constructed instance is checked by the method's own validation: scikit-learn's
 ``_parameter_constraints`` where the class declares them, and its ``_check_params()`` hook where
-it has one. Any failure is one line naming the key, the method and what was expected.
+it has one (under ``--smoke`` also on the values the smoke schedule replaces: ``epochs=-1 --smoke``
+is refused, not hidden), then, with the dataset loaded, its ``check_data(data, n_train)`` hook where it
+has one: the checks that need the dataset or a file (a beam wider than the label set, more
+neighbours than the smallest training part holds, a label-embedding file read once). Any failure
+is one line naming the key, the method and what was expected, before the first job.
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ WORDS = {"true": True, "false": False, "none": None}
 #: ``bench run --smoke``: the tiny schedule, for the common names a method has (``bench.deep``'s
 #: ``epochs``, ``steps_per_epoch``); the method conformance suite builds its tiny models on it too.
 SMOKE_SCHEDULE = {"epochs": 1, "steps_per_epoch": 2}
+#: ``bench run --smoke`` also caps these sizes where a method's value is larger, so that a smoke job
+#: of a paper's set-up (ResNet-101 at 448 px, batches of 32: issue 29 saw no fold finish on a CPU in
+#: 12 minutes) takes seconds anywhere: the same code runs on smaller images and batches.
+SMOKE_CAPS = {"image_size": 64, "resize": 72, "batch_size": 8}
 #: ``bench run --smoke`` also keeps only the first this many examples of each fold's training and test
 #: parts, so that prediction and validation (which the schedule does not shorten) take seconds too.
 SMOKE_EXAMPLES = 96
@@ -103,14 +112,21 @@ class Resolved:
     overrides: dict
     scale_defaults: dict
     smoke: dict = field(default_factory=dict)  # the values ``--smoke`` set (they win over the others)
+    replaced: dict = field(default_factory=dict)  # the ``--set`` / scale values that ``--smoke`` replaced
+
+    @property
+    def unsmoked(self) -> dict:
+        """The hyper-parameters as they would be without ``--smoke`` (checked too: a smoke run must
+        not hide an invalid value it then replaces)."""
+        return {**self.params, **self.replaced} if self.smoke else self.params
 
 
 def resolve(cls: type, overrides: dict, scale_defaults: dict | None = None, smoke: bool = False) -> Resolved:
     """``cls``'s full hyper-parameters with the applicable ``--set`` overrides and, for the
     parameters not overridden, the applicable dataset-scale defaults; with ``smoke``, the
-    applicable :data:`SMOKE_SCHEDULE` on top of both."""
+    applicable :data:`SMOKE_SCHEDULE` and :data:`SMOKE_CAPS` on top of both (what they replace is
+    kept in ``replaced``, for :func:`validate`)."""
     params = defaults(cls)
-    smoked = smoke_values(cls) if smoke else {}
     given = _coerced(cls, applicable(cls, overrides, params), "--set")
     scale = _coerced(cls, applicable(cls, scale_defaults or {}, params, family=True), "scale default")
     # A value the user gives always wins over a scale setting, also when it equals the class default
@@ -118,8 +134,17 @@ def resolve(cls: type, overrides: dict, scale_defaults: dict | None = None, smok
     # changes what would run without it.
     applied = _differing(given, {**params, **scale})
     scaled = _differing({k: v for k, v in scale.items() if k not in applied}, params)
+    smoked = {**smoke_values(cls), **smoke_caps({**params, **scaled, **applied})} if smoke else {}
+    replaced = {k: v for k, v in {**scaled, **applied}.items() if k in smoked}
     applied, scaled = ({k: v for k, v in d.items() if k not in smoked} for d in (applied, scaled))
-    return Resolved({**params, **scaled, **applied, **smoked}, applied, scaled, smoked)
+    return Resolved({**params, **scaled, **applied, **smoked}, applied, scaled, smoked, replaced)
+
+
+def smoke_caps(values: dict) -> dict:
+    """The :data:`SMOKE_CAPS` that lower one of ``values`` (an integer above its cap; None, a
+    method's "native size", is left as it is)."""
+    return {k: cap for k, cap in SMOKE_CAPS.items()
+            if isinstance(values.get(k), int) and not isinstance(values[k], bool) and values[k] > cap}
 
 
 def smoke_values(cls: type) -> dict:
@@ -156,26 +181,39 @@ def check_override_keys(overrides: dict, classes: list[type]) -> None:
             raise BenchError(f"--set {key}: no selected method has a hyper-parameter {name!r}; known: {', '.join(known)}")
 
 
-def validate(cls: type, resolved: Resolved, dataset: str = "") -> None:
-    """The method's own checks on an instance built with ``resolved.params``: scikit-learn's
-    parameter constraints where declared, then its ``_check_params()`` hook where it has one."""
-    method = cls(**resolved.params)
-    checks = []
-    if getattr(cls, "_parameter_constraints", None) and callable(getattr(method, "_validate_params", None)):
-        checks.append(method._validate_params)
-    if callable(getattr(method, "_check_params", None)):
-        checks.append(method._check_params)
-    for check in checks:
-        try:
-            check()
-        except (BenchError, ValueError, TypeError) as exc:
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if not message.startswith(f"method {cls.name!r}"):
-                message = f"method {cls.name!r}: {message}"
-            raise BenchError(f"{_origin(resolved, dataset)}{message}") from None
+def validate(cls: type, resolved: Resolved, dataset: str = "", data=None, n_train: int | None = None) -> None:
+    """The method's own checks, before any job: on an instance built with ``resolved.params``
+    (and, under ``--smoke``, with the values the smoke schedule replaced), scikit-learn's parameter
+    constraints where declared, then its ``_check_params()`` hook where it has one; then, given the
+    dataset ``data`` (a :class:`~bench.data.MultiLabelData`), its ``check_data(data, n_train)`` hook
+    where it has one: the checks that need the dataset (a beam wider than the label set, a file
+    named by a hyper-parameter read and checked once), ``n_train`` being the size of the smallest
+    training part a job of the run will fit on."""
+    candidates = [resolved.params] + ([resolved.unsmoked] if resolved.replaced else [])
+    for values in candidates:
+        method = cls(**values)
+        checks = []
+        if getattr(cls, "_parameter_constraints", None) and callable(getattr(method, "_validate_params", None)):
+            checks.append(method._validate_params)
+        if callable(getattr(method, "_check_params", None)):
+            checks.append(method._check_params)
+        if data is not None and values is resolved.params and callable(getattr(method, "check_data", None)):
+            checks.append(lambda method=method: method.check_data(data, n_train))
+        for check in checks:
+            try:
+                check()
+            except (BenchError, ValueError, TypeError) as exc:
+                raise BenchError(f"{_origin(resolved, dataset, values is not resolved.params)}"
+                                 f"{_one_line(cls, exc)}") from None
 
 
-def _origin(resolved: Resolved, dataset: str) -> str:
+def _one_line(cls: type, exc: BaseException) -> str:
+    """The first line of a check's error, prefixed with the method unless it names it already."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return message if message.startswith(f"method {cls.name!r}") else f"method {cls.name!r}: {message}"
+
+
+def _origin(resolved: Resolved, dataset: str, unsmoked: bool = False) -> str:
     """Where the values being checked came from, as the start of an error message."""
     parts = []
     if resolved.overrides:
@@ -185,6 +223,8 @@ def _origin(resolved: Resolved, dataset: str) -> str:
             f"{k}={v!r}" for k, v in resolved.scale_defaults.items()))
     if resolved.smoke:
         parts.append("--smoke " + " ".join(f"{k}={v!r}" for k, v in resolved.smoke.items()))
+    if unsmoked:
+        parts.append("values --smoke replaces " + " ".join(f"{k}={v!r}" for k, v in resolved.replaced.items()))
     return "; ".join(parts) + ": " if parts else ""
 
 

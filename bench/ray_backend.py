@@ -19,13 +19,22 @@ Ray is an optional dependency: ``pip install -e '.[ray]'``.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import sys
+import tempfile
 from collections.abc import Callable
 
 from bench.errors import BenchError, one_line
 
 #: Times Ray re-runs a task whose worker process died.
 MAX_RETRIES = 2
+#: Seconds ``--address`` may take to accept a connection before it counts as unreachable (Ray itself
+#: retries for minutes, printing warnings).
+CONNECT_TIMEOUT_S = 10.0
+#: The addresses Ray resolves itself (no host and port to probe).
+RAY_WORDS = ("auto", "local")
 #: The GPU memory assumed for fractional GPU requests when this process sees no GPU (an H100's).
 ASSUMED_GPU_MB = 80 * 1024
 
@@ -36,6 +45,25 @@ def _ray():
     except ImportError:
         raise BenchError("--backend ray needs Ray: pip install -e '.[ray]'") from None
     return ray
+
+
+def check_address(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """A one-line error, before any job, when ``address`` (``HOST:PORT`` or ``ray://HOST:PORT``)
+    is malformed or accepts no connection within ``timeout`` seconds: Ray's own connection attempt
+    retries for minutes. ``None``, ``auto`` and ``local`` are Ray's to resolve."""
+    if address is None or address in RAY_WORDS:
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BenchError(f"--address expects HOST:PORT or ray://HOST:PORT (or auto), got {address!r}")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
+        raise BenchError(f"--backend ray: cannot reach a Ray cluster at {address} ({reason} within "
+                         f"{timeout:g} s); start one with `ray start --head` or leave --address out "
+                         "for a local one") from None
 
 
 def gpu_share(memory_mb: int | None, gpu_mb: int) -> float:
@@ -66,10 +94,12 @@ def dispatch(tasks: list, run: Callable, *, device: str, on_result: Callable, ad
     ray = _ray()
     started = not ray.is_initialized()
     if started:
+        check_address(address)
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": _forwarded_env()})
-        except Exception as exc:  # a bad address, a cluster that is down
+            with _stderr_held(address not in (None, "local")):
+                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                         runtime_env={"env_vars": _forwarded_env()})
+        except Exception as exc:  # a bad address, a cluster that is down, a port that is not Ray's
             raise BenchError(f"--backend ray: cannot reach a Ray cluster at {address or 'a new local one'}: "
                              f"{one_line(exc)}") from exc
     try:
@@ -96,6 +126,31 @@ def dispatch(tasks: list, run: Callable, *, device: str, on_result: Callable, ad
     finally:
         if started:
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def _stderr_held(hold: bool):
+    """Connecting to an existing cluster, Ray's C++ client writes a warning to file descriptor 2
+    every second it retries (a port that answers but is not Ray's: 20 s of them); they are held
+    back, and shown only when the connection succeeds after all. Never held while Ray starts a
+    local cluster: its processes would inherit the held descriptor."""
+    if not hold:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if ok:
+                held.seek(0)
+                sys.stderr.write(held.read().decode(errors="replace"))
 
 
 def _forwarded_env() -> dict[str, str]:

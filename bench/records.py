@@ -177,6 +177,72 @@ def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+# --------------------------------------------------------------------------- the schema's types
+_NUMBER = (int, float)
+#: The JSON type of each field a record may hold (None is allowed where a field may be absent).
+FIELD_TYPES = {
+    "job_id": str, "config": dict, "metrics": dict, "overrides": dict, "per_label_ap": list, "undefined": dict,
+    "label_names": list, "n_train": int, "n_test": int, "timings": dict, "history": list, "step_metrics": list,
+    "readouts": dict, "notes": list, "environment": dict, "finished_at": str, "arrays_sha256": str,
+    "format_version": int,
+}
+CONFIG_TYPES = {"method": str, "dataset": str, "protocol": str, "n_folds": int, "fold": int, "seed": int,
+                "params": dict, "split_hash": str, "data_fingerprint": str, "scale_defaults": dict}
+
+
+def check_types(raw: dict) -> None:
+    """A ValueError naming the first field whose JSON type is not the schema's (``"metrics": "oops"``),
+    so a record that parses but would break the read side later is treated like a corrupt one."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"a record is a JSON object, got {_json_type(raw)}")
+    _check_fields(raw, FIELD_TYPES, "")
+    if isinstance(raw.get("config"), dict):
+        _check_fields(raw["config"], CONFIG_TYPES, "config.")
+    _check_numbers(raw.get("metrics"), "metrics")
+    for i, value in enumerate(raw.get("per_label_ap") or []):
+        if value is not None and not _is_json_number(value):
+            raise ValueError(f"per_label_ap[{i}] must be a number or null, got {_json_type(value)}")
+    for name in ("history", "step_metrics"):
+        for i, entry in enumerate(raw.get(name) or []):
+            if not isinstance(entry, dict):
+                raise ValueError(f"{name}[{i}] must be an object, got {_json_type(entry)}")
+    for i, step in enumerate(raw.get("step_metrics") or []):
+        _check_numbers(step, f"step_metrics[{i}]")
+    for name, readout in (raw.get("readouts") or {}).items():
+        if not isinstance(readout, dict) or not isinstance(readout.get("metrics"), dict):
+            raise ValueError(f"readouts.{name} must be an object with metrics, got {_json_type(readout)}")
+        _check_numbers(readout["metrics"], f"readouts.{name}.metrics")
+
+
+def _check_fields(raw: dict, types: dict, prefix: str) -> None:
+    for name, kind in types.items():
+        value = raw.get(name)
+        if value is None:
+            continue
+        ok = _is_json_number(value) and float(value).is_integer() if kind is int else isinstance(value, kind)
+        if not ok or (kind is int and isinstance(value, bool)):
+            raise ValueError(f"{prefix}{name} must be {_TYPE_WORDS[kind]}, got {_json_type(value)}")
+
+
+def _check_numbers(values, where: str) -> None:
+    for key, value in (values or {}).items():
+        if value is not None and not _is_json_number(value):
+            raise ValueError(f"{where}.{key} must be a number or null, got {_json_type(value)}")
+
+
+def _is_json_number(value) -> bool:
+    return isinstance(value, _NUMBER) and not isinstance(value, bool)
+
+
+_TYPE_WORDS = {str: "a string", dict: "an object", list: "an array", int: "an integer"}
+
+
+def _json_type(value) -> str:
+    words = {str: "a string", dict: "an object", list: "an array", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return f"{words.get(type(value), type(value).__name__)} {json.dumps(value, default=repr)[:40]}"
+
+
 # --------------------------------------------------------------------------- upgrades
 def upgrade(raw: dict) -> dict:
     """A stored record dict brought to :data:`SCHEMA_VERSION` (a new dict; ``raw`` is unchanged)."""

@@ -48,7 +48,13 @@ def _scale_notes(rows: Iterable[Row]) -> tuple[str, ...]:
 def _table(results: Results, rows: list[Row], columns: list[str], slug: str, caption: str, **kw) -> Table:
     mean, std, runs = results.cells(rows, columns)
     undefined = results.undefined(rows, columns)
-    return Table(slug, caption, mean, std, runs, undefined, notes=_scale_notes(rows), **kw)
+    return Table(slug, caption, mean, std, runs, undefined, notes=_scale_notes(rows),
+                 expected=_expected(results, rows), **kw)
+
+
+def _expected(results: Results, rows: list[Row]):
+    """The runs a complete row has, by row label (a row of 3 of its 4 folds says so)."""
+    return results.expected_runs.reindex([r.id for r in rows]).set_axis([r.label for r in rows])
 
 
 def build_tables(results: Results, metrics: list[str] | None = None) -> list[Table]:
@@ -83,7 +89,7 @@ def build_per_class_tables(results: Results) -> list[Table]:
         mean, std, runs = results.cells(rows, [*columns, "mAP"])
         tables.append(Table(f"{table_slug(dataset, protocol, n_folds)}__per_class_ap", caption, mean, std, runs,
                             results.undefined(rows, ["mAP"]), kind="per_class", dataset=dataset,
-                            protocol=protocol, n_folds=n_folds, show_std=False))
+                            protocol=protocol, n_folds=n_folds, show_std=False, expected=_expected(results, rows)))
     return tables
 
 

@@ -251,8 +251,11 @@ def stale_keys(record: Record, cache: dict | None = None) -> list[str]:
     defaults = _defaults(cfg.method, {} if cache is None else cache) if cfg.params is not None else None
     if defaults is None:
         return []
-    expected = {**defaults, **_plain(identity_params(record.overrides)), **_plain(cfg.scale_defaults),
-                **(_smoke_values(cfg.method) if cfg.smoke else {})}
+    expected = {**defaults, **_plain(identity_params(record.overrides)), **_plain(cfg.scale_defaults)}
+    if cfg.smoke:
+        from bench.params import smoke_caps
+
+        expected = {**expected, **_smoke_values(cfg.method), **smoke_caps(expected)}
     stored = _plain(identity_params(cfg.params))
     missing = object()  # a parameter that came or went differs from any value
     changed = [k for k in expected.keys() | stored.keys() if expected.get(k, missing) != stored.get(k, missing)]
@@ -270,7 +273,8 @@ def _declared_scale(method: str, dataset: str, params: dict) -> dict:
 
 
 def _smoke_values(method: str) -> dict:
-    """What ``bench run --smoke`` sets today for ``method`` (it wins over overrides and scale settings)."""
+    """What ``bench run --smoke`` sets today for ``method`` (it wins over overrides and scale settings;
+    its size caps depend on those, :func:`bench.params.smoke_caps`)."""
     from bench.params import smoke_values
 
     cls = _method_class(method)
@@ -493,6 +497,12 @@ class Results:
     def runs(self) -> pd.Series:
         """Row id -> number of runs (folds x seeds) behind the row."""
         return pd.Series({row.id: len(row.records) for row in self.rows}, dtype=int)
+
+    @functools.cached_property
+    def expected_runs(self) -> pd.Series:
+        """Row id -> the runs a complete row has: its folds (1 for a fixed split) x its seeds."""
+        return pd.Series({row.id: row.n_folds * len({r.config.seed for r in row.records}) for row in self.rows},
+                         dtype=int)
 
     def undefined(self, rows: Iterable[Row], columns: Iterable[str]) -> dict[str, int]:
         """Entries left out of the averages of ``columns``, summed over the rows' runs."""

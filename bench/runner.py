@@ -474,6 +474,9 @@ def build_jobs(
         splits = make_splits(data, protocol, n_folds, seeds)
         _warn_small_test_folds(data, splits)
         fingerprint = data.fingerprint()
+        n_train = min(len(s.train) for s in splits)  # the smallest training part a job fits on
+        if smoke:
+            n_train = min(n_train, params.SMOKE_EXAMPLES)
         scale = {} if paper_defaults else dict(plugins.get("datasets", ds_name).scale_defaults)
         for cls in classes:
             try:
@@ -484,7 +487,7 @@ def build_jobs(
                 log.warning("skipping: %s", exc)
                 continue
             resolved = params.resolve(cls, overrides, scale, smoke)
-            params.validate(cls, resolved, ds_name)
+            params.validate(cls, resolved, ds_name, data, n_train)
             for split in splits:
                 job_params = resolved.params
                 if "random_state" in job_params:

@@ -6,7 +6,8 @@ scores, and for methods with class maps those of the first test images with thei
 The ``.npz`` is written first and the ``.json`` last, and the JSON records the SHA-256 of the
 ``.npz``; both go through a temporary file in the same folder, ``fsync`` and ``os.replace``, so a
 crash or Ctrl-C leaves either a complete job or no job, never a half-written one that looks
-finished. A file that fails to parse, lacks a field or whose arrays do not match their digest is
+finished. A file that fails to parse, lacks a field, holds one of the wrong type
+(:func:`bench.records.check_types`) or whose arrays do not match their digest is
 reported and treated as missing, so the job is simply run again. Records of an older schema
 (:data:`bench.records.READABLE_VERSIONS`) are read and upgraded (:func:`bench.records.upgrade`);
 new files get the permissions the umask gives any new file.
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.records import SCHEMA_VERSION, Record, upgrade
+from bench.records import SCHEMA_VERSION, Record, check_types, upgrade
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ class ResultStore:
         npz_path = json_path.with_suffix(".npz")
         try:
             record = json.loads(json_path.read_text())
+            check_types(record)  # a field of the wrong type breaks the read side later, unnamed
             missing = [f for f in REQUIRED_FIELDS if f not in record]
             if missing:
                 raise ValueError(f"missing field(s) {missing}")

@@ -5,7 +5,8 @@ build tables from the results layer, this module presents them.
 
 In every column the best value is in bold and the second best underlined (lowest for losses,
 highest otherwise), compared *as printed* so that a tie on the page is a tie in the marks. A row
-with fewer runs than the most complete row of its table is marked with a dagger and its run count.
+with fewer runs than a complete one (its folds x seeds) or than the most complete row of its table
+is marked with a dagger and its run count.
 
 LaTeX output fits ``\\textwidth`` of the ``article`` class (345 pt) at ``\\small``: the width of each
 column is estimated from the widths of Computer Modern's glyphs at 9 pt (measured with pdflatex,
@@ -58,6 +59,8 @@ class Table:
     headers: Mapping[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     show_std: bool = True
+    #: the runs a complete row has (its folds x seeds), by row label; None: the most complete row's
+    expected: pd.Series | None = None
 
     def higher_is_better(self, column: str) -> bool:
         if column in self.directions:
@@ -110,8 +113,13 @@ def _cell_parts(table: Table, row: str, column: str) -> tuple[str, str]:
 
 
 def row_name(table: Table, row: str) -> str:
+    """The row's label, with a dagger and its run count when it has fewer runs than a complete row
+    (its folds x seeds: 3 of 4 folds after a re-run failed, also when every row misses one) or
+    than the most complete row of the table."""
     full = table.runs.max()
-    return row if table.runs[row] == full else f"{row} † ({table.runs[row]}/{full} runs)"
+    if table.expected is not None and row in table.expected.index:
+        full = max(full, int(table.expected[row]))
+    return row if table.runs[row] >= full else f"{row} † ({table.runs[row]}/{full} runs)"
 
 
 def footnotes(table: Table) -> list[str]:

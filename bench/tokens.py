@@ -24,6 +24,7 @@ both (the default ``mnist-mosaic``).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -189,6 +190,36 @@ def select_inputs(data: MultiLabelData, inputs: str = "auto") -> str:
     if inputs == FEATURES and not has_features:
         raise BenchError(f"dataset {data.name!r} has no feature view (inputs='features')")
     return inputs
+
+
+def token_shape(data: MultiLabelData, backbone: str, width: int | None = None, inputs: str = "auto",
+                image_size: int | None = None) -> tuple[int, int]:
+    """(width D, number of tokens N) of what :func:`build_token_encoder` would give, without building
+    it (no weights read: the backbone is built on the meta device), for checks before any job."""
+    if select_inputs(data, inputs) == FEATURES:
+        return int(width or DEFAULT_FEATURE_WIDTH), len(data.feature_views)
+    size = (image_size, image_size) if image_size else native_size(data.image_view)
+    size = size or (DEFAULT_FILE_IMAGE_SIZE, DEFAULT_FILE_IMAGE_SIZE)
+    with torch.device("meta"):
+        trunk = build_backbone(backbone, pretrained=False)
+        h, w = _probe_grid(trunk, size)
+    return int(width or trunk.out_channels), h * w
+
+
+def host_memory() -> int:
+    """This machine's physical memory in bytes (what a check before any job can compare with)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def token_width(data: MultiLabelData, backbone: str, width: int | None = None, inputs: str = "auto") -> int:
+    """The width D of the tokens :func:`build_token_encoder` would give (no grid: cheaper than
+    :func:`token_shape`)."""
+    if width:
+        return int(width)
+    if select_inputs(data, inputs) == FEATURES:
+        return DEFAULT_FEATURE_WIDTH
+    with torch.device("meta"):
+        return int(build_backbone(backbone, pretrained=False).out_channels)
 
 
 def build_token_encoder(data: MultiLabelData, backbone: str, width: int | None = None,

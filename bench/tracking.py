@@ -19,6 +19,10 @@ experiment per benchmark (``bench`` unless ``MLFLOW_EXPERIMENT_NAME``):
   everything but the artifact in one ``MlflowClient.log_batch`` call;
 * a **leaderboard** run holding every table (Markdown/LaTeX files and ``log_table`` JSON) and figure.
 
+The experiment is tagged as a model-training one (``mlflow.experimentKind``), so the UI opens it on
+its runs, and every parent and child run names its dataset (name, data fingerprint as the digest)
+as an MLflow dataset input: the runs list's Dataset column.
+
 Safe across processes and kills. Every write happens under a file lock next to the store
 (``mlflow.db.lock`` beside a SQLite database, else ``<results>/.mlflow.lock``; the ``filelock``
 package): creating and migrating the database, and logging a job, which first looks the job id up
@@ -63,6 +67,11 @@ KIND_TAG, JOB_TAG, GROUP_TAG, RUNS_TAG, JOBS_DIGEST_TAG, RESULT_TAG, SCHEMA_TAG 
     "bench.schema")
 PARENT_TAG = "mlflow.parentRunId"
 NAME_TAG = "mlflow.runName"
+#: The MLflow UI opens an experiment by its kind: model training, so on its runs (not the GenAI
+#: views of traces, judges and prompts that it infers for an experiment without the tag).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+#: The longest dataset digest MLflow stores (the data fingerprint's start; the whole in the source).
+_MAX_DIGEST = 36
 LOCK_TIMEOUT_S = 900
 _MAX_TAG = 5000
 _MAX_PARAM = 6000
@@ -243,9 +252,12 @@ class Tracker:
             if exp is None:
                 return self.client.create_experiment(
                     self.experiment, artifact_location=self.artifact_root,
-                    tags={"mlflow.note.content": "bench: multi-label benchmark runs"})
+                    tags={"mlflow.note.content": "bench: multi-label benchmark runs", **EXPERIMENT_TAGS})
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
+            for key, value in EXPERIMENT_TAGS.items():  # an experiment made by an older bench
+                if exp.tags.get(key) != value:
+                    self.client.set_experiment_tag(exp.experiment_id, key, value)
             self._follow_moved_store(exp)
             return exp.experiment_id
 
@@ -291,6 +303,7 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, start_time=start, tags=tags, run_name=parent_name(row))
         params = {k: v if isinstance(v, str) else json.dumps(v, default=repr) for k, v in row.params.items()}
         self._batch(run.info.run_id, params=params)
+        self.client.log_inputs(run.info.run_id, [dataset_input(row.dataset, row.fingerprint)])
         self.client.set_terminated(run.info.run_id, "FINISHED", end_time=end)
         return run
 
@@ -318,6 +331,7 @@ class Tracker:
         params = {"fold": cfg.fold, "seed": cfg.seed, "n_train": record.n_train, "n_test": record.n_test,
                   **{k: v for k, v in (cfg.params or {}).items() if k not in row.params}}
         self._batch(run_id, params=params, metrics=child_metrics(record), timestamp=end)  # one call per job
+        self.client.log_inputs(run_id, [dataset_input(cfg.dataset, cfg.data_fingerprint)])
         if record.per_label_ap is not None and record.label_names:
             self.client.log_dict(run_id, dict(zip(record.label_names, record.per_label_ap, strict=False)),
                                  "per_label_ap.json")
@@ -450,6 +464,17 @@ class Tracker:
             run = self.client.create_run(self.experiment_id, run_name="leaderboard",
                                          tags={KIND_TAG: "leaderboard", NAME_TAG: "leaderboard"})
         return run.info.run_id
+
+
+def dataset_input(name: str, fingerprint: str):
+    """The run's dataset as an MLflow dataset input (the runs list's Dataset column): its name and
+    data fingerprint as the digest."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    source = json.dumps({"bench_dataset": name, "data_fingerprint": fingerprint})
+    return DatasetInput(Dataset(name=name, digest=fingerprint[:_MAX_DIGEST] or "unknown", source_type="code",
+                                source=source),
+                        tags=[InputTag("mlflow.data.context", "training")])
 
 
 def aggregates(results: Results, row: Row) -> dict[str, float]:

@@ -145,13 +145,14 @@ from bench.data import MultiLabelData
 from bench.deep import DeepMethod
 from bench.errors import BenchError
 from bench.label_embeddings import (
+    BUILTIN_SOURCES,
     check_prompt,
     check_source,
     graph_summary,
     label_embeddings,
     semantic_correlation,
 )
-from bench.tokens import TokenEncoder
+from bench.tokens import TokenEncoder, token_width
 
 CORRELATION_WEIGHTINGS = ("mask", "log")
 POSITIONAL_ENCODINGS = ("sine", "none")
@@ -464,11 +465,15 @@ class CMSG(DeepMethod):
             else:
                 _warn_once(line, logging.INFO)
 
-    def build_head(self, encoder: TokenEncoder, n_labels: int) -> CMSGHead:
+    def _check_heads(self, width: int) -> None:
+        """Each attention module's heads divide the token width."""
         for name, used in (("sga_heads", self.use_sga), ("saa_heads", self.use_saa)):
-            if not self.baseline and used and encoder.width % int(getattr(self, name)):
+            if not self.baseline and used and width % int(getattr(self, name)):
                 raise BenchError(f"method {self.name!r}: {name}={getattr(self, name)} must divide the token width "
-                                 f"{encoder.width} (set width=... or another number of heads)")
+                                 f"{width} (set width=... or another number of heads)")
+
+    def build_head(self, encoder: TokenEncoder, n_labels: int) -> CMSGHead:
+        self._check_heads(encoder.width)
         if not self.baseline and math.prod(encoder.grid) == 1:
             _warn_once(f"method {self.name!r}: the inputs give one token (one feature view, or a 1 x 1 map): "
                        "every attention is over a single position, so CMSG reduces to an MLP shared by the "
@@ -536,6 +541,21 @@ class CMSG(DeepMethod):
                 "val_thresholds": move_threshold(scores, self.val_thresholds_)}
 
     # -------------------------------------------------------------- checks (before any job)
+    def check_data(self, data: MultiLabelData, n_train: int) -> None:
+        """Run by :func:`bench.params.validate` once before any job: the heads divide the token
+        width, and a label-embedding file is read and checked for this dataset's label names (the
+        jobs of this process reuse what it read)."""
+        if not self.baseline:
+            self._check_heads(token_width(data, self.backbone, self.width, self.inputs))
+        if self.uses_correlation() and self.label_embedding not in BUILTIN_SOURCES:
+            try:
+                label_embeddings(data.label_names, self.label_embedding, self.label_prompt)
+            except BenchError:
+                raise
+            except Exception as exc:  # e.g. a pickle naming a module that is not installed
+                raise BenchError(f"label_embedding {self.label_embedding!r}: cannot be read "
+                                 f"({type(exc).__name__}: {exc})") from None
+
     def _check_params(self) -> None:
         super()._check_params()
         where = f"method {self.name!r}"

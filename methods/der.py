@@ -252,7 +252,6 @@ class DER(DeepMethod):
 
     # -------------------------------------------------------------- DeepMethod hooks
     def build_head(self, encoder: TokenEncoder, n_labels: int) -> DERHead:
-        self._check_der_params()
         embed_width = None
         if self.alpha or self.beta:
             embed_width = int(self.embed_width or encoder.n_tokens)  # paper: h*w (196 at 14 x 14)
@@ -282,6 +281,10 @@ class DER(DeepMethod):
         if not self.disentangle:
             return {}
         return self.output_scores(data, {"first_stream": "logits_first", "second_stream": "logits_second"})
+
+    def _check_params(self) -> None:  # run by bench.params.validate before any job, and by fit
+        super()._check_params()
+        self._check_der_params()
 
     def _check_der_params(self) -> None:
         where = f"method {self.name!r}"

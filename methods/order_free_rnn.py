@@ -112,7 +112,7 @@ from bench.api import ablation_init
 from bench.data import IMAGE, MultiLabelData
 from bench.deep import DeepMethod
 from bench.errors import BenchError
-from bench.tokens import TokenEncoder
+from bench.tokens import TokenEncoder, host_memory, token_shape
 from bench.training import Batch, Stage, full_precision
 
 LABEL_ORDERS = ("free", "frequency", "rare")
@@ -427,7 +427,6 @@ class OrderFreeRNN(DeepMethod):
     # -------------------------------------------------------------- DeepMethod hooks
     def setup(self, train: MultiLabelData) -> None:
         """T from the training part; the label ranks of the fixed-order ablations."""
-        self._check_order_free_params()
         counts = train.Y.sum(axis=0)
         largest = int(self.max_steps or max(1, int(train.Y.sum(axis=1).max(initial=0))))
         self.max_steps_ = min(largest, train.n_labels)                # the pool empties after L steps
@@ -550,6 +549,26 @@ class OrderFreeRNN(DeepMethod):
             losses.append(loss.detach())
         mean = torch.stack(losses).mean()
         return mean, {"steps": mean}
+
+    def _check_params(self) -> None:  # run by bench.params.validate before any job, and by fit
+        super()._check_params()
+        self._check_order_free_params()
+
+    def check_data(self, data: MultiLabelData, n_train: int) -> None:
+        """Before any job: a beam at most the label set's size L (the empty path has L successors),
+        and a decode that fits in half this machine's memory: :func:`beam_search` keeps, per path of
+        an evaluation batch (2 x ``batch_size`` images), the regions [m, C], their attention keys
+        [m, A] and the maps [L, m] in float32 (issue 29's ``beam=1000`` never finished)."""
+        if self.beam > data.n_labels:
+            raise BenchError(f"method {self.name!r}: beam must be at most the number of labels "
+                             f"({data.n_labels} in dataset {data.name!r}), got {self.beam!r}")
+        channels, m = token_shape(data, self.backbone, None, IMAGE, self.image_size)
+        per_path = 4 * m * (channels + int(self.attention_dim or self.hidden) + data.n_labels)
+        need, limit = 2 * int(self.batch_size) * int(self.beam) * per_path, host_memory() / 2
+        if need > limit:
+            raise BenchError(f"method {self.name!r}: beam={self.beam} with batch_size={self.batch_size} needs "
+                             f"{need / 2**30:.1f} GiB to decode a batch, more than half this machine's "
+                             f"{2 * limit / 2**30:.1f} GiB; lower beam or batch_size")
 
     def _check_order_free_params(self) -> None:
         where = f"method {self.name!r}"

@@ -553,6 +553,12 @@ class RETDM(DeepMethod):
     def _two_way(self) -> bool:
         return bool(self.alpha) and bool(self.way_two_weight)
 
+    def check_data(self, data: MultiLabelData, n_train: int) -> None:
+        """Run by :func:`bench.params.validate` before any job: N_k(i) needs k other training examples."""
+        if n_train is not None and self.n_neighbours >= n_train:
+            raise BenchError(f"method {self.name!r}: n_neighbours must be smaller than the smallest training "
+                             f"part ({n_train} examples on dataset {data.name!r}), got {self.n_neighbours!r}")
+
     def _check_params(self) -> None:
         super()._check_params()
         where = f"method {self.name!r}"

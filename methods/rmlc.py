@@ -315,7 +315,6 @@ class RMLC(DeepMethod):
 
     # ------------------------------------------------------------------ the shared loop's hooks
     def build_model(self, train: MultiLabelData) -> RMLCModel:
-        self._check_rmlc_params()
         views = {name: train.views[name] for name in self.view_names_}
         net = RMLCNet([v.shape[1] for v in views.values()], self.hidden, train.n_labels, self.label_correlation,
                       torch.Generator().manual_seed(int(self.random_state)), self.peepholes, self.s_init)
@@ -370,6 +369,10 @@ class RMLC(DeepMethod):
         """F^t after the first t modalities, t = 1..M-1 (the main row is F^M): ``modalities_<t>``."""
         steps = self.predict_steps(data)
         return {f"modalities_{t + 1}": steps[t] for t in range(len(steps) - 1)}
+
+    def _check_params(self) -> None:  # run by bench.params.validate before any job, and by fit
+        super()._check_params()
+        self._check_rmlc_params()
 
     def _check_rmlc_params(self) -> None:
         checks = [("lam", self.lam, isinstance(self.lam, int | float) and self.lam >= 0, "a number >= 0"),

@@ -478,6 +478,11 @@ def test_fetch_verifies_md5_and_extracts(tmp_path, isolated, http_folder):
     with pytest.raises(BenchError) as excinfo:
         fetch("fetchable", tmp_path / "data2")
     one_line_error(excinfo, "fetchable.tar.gz", "MD5")
+    assert not (tmp_path / "data2").exists()  # the bad download and the folders made for it are gone
+    (tmp_path / "data" / "fetchable" / "fetchable.tar.gz").write_bytes(b"a damaged copy the user had")
+    with pytest.raises(BenchError, match="MD5"):
+        fetch("fetchable", tmp_path / "data")
+    assert (tmp_path / "data" / "fetchable" / "inner" / "file.txt").read_text() == "payload"  # nothing of theirs
 
 
 def test_fetch_offline_is_one_clear_line(tmp_path, isolated, capsys):
@@ -485,6 +490,10 @@ def test_fetch_offline_is_one_clear_line(tmp_path, isolated, capsys):
     assert main(["fetch", "fetchable", "--data-root", str(tmp_path / "data")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("bench: error: cannot download http://127.0.0.1:9/") and "\n" not in err
+    assert not (tmp_path / "data").exists()  # offline: no empty data root left behind
+    (tmp_path / "data" / "mine").mkdir(parents=True)
+    assert main(["fetch", "fetchable", "--data-root", str(tmp_path / "data")]) == 2
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["mine"]  # a folder that was there stays
 
 
 def test_fetch_disk_errors_are_not_blamed_on_the_network(tmp_path, isolated, monkeypatch):

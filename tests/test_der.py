@@ -248,12 +248,15 @@ def test_registered_ablations_fix_their_switches_and_hide_them_from_hyper_parame
 def test_bad_switches_are_one_line_errors(der):
     encoder = type("Enc", (), {"width": 4, "n_tokens": 6})()
     DER = plugins.get("methods", "der")
+    # the checks run before any job (bench.params.validate) and first thing in fit: _check_params
     with pytest.raises(BenchError, match="set alpha=0 and beta=0"):
-        DER(disentangle=False).build_head(encoder, 3)
+        DER(disentangle=False)._check_params()
     with pytest.raises(BenchError, match="bce_reduction must be one of sum, mean, got 'max'"):
-        DER(bce_reduction="max").build_head(encoder, 3)
+        DER(bce_reduction="max")._check_params()
     with pytest.raises(BenchError, match="lce_hinge must be one of per_label, on_sum"):
-        DER(lce_hinge="outside").build_head(encoder, 3)
+        DER(lce_hinge="outside")._check_params()
+    with pytest.raises(BenchError, match="alpha and beta must be >= 0, got alpha=-1.0"):
+        DER(alpha=-1.0)._check_params()
     assert DER(disentangle=False, alpha=0, beta=0).build_head(encoder, 3).embed is None
     assert DER(beta=0).build_head(encoder, 3).embed[0].in_features == 6      # f_embed width h*w
 

@@ -301,3 +301,30 @@ def test_feature_only_methods_run_on_image_datasets_with_cached_stage_features(i
     changed = MultiLabelData(data.name, {"image": ImageView(array=brighter)}, data.Y, data.label_names)
     transform = image.test_transform(64)
     assert image_features.cache_key(changed, "b", "w", transform) != image_features.cache_key(data, "b", "w", transform)
+
+
+def test_a_truncated_jpeg_read_in_a_worker_is_one_line_naming_the_file(tmp_path):
+    """torch re-raises a worker's error with its whole traceback as the message ("Caught BenchError
+    in DataLoader worker process 1. ..."); the loader (of training and of the feature extractor
+    alike: both are make_loader's) gives the worker's own line back, here from the second worker."""
+    rng = np.random.default_rng(2)
+    paths = []
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / f"{i}.jpg")
+        paths.append(tmp_path / f"{i}.jpg")
+    whole = paths[5].read_bytes()
+    paths[5].write_bytes(whole[:len(whole) // 2])
+    view, Y = ImageView(paths=tuple(paths)), np.eye(6, 3, dtype=np.uint8)
+    loader = image.make_loader(view, Y, image.test_transform(16), batch_size=3, num_workers=2)
+    with pytest.raises(BenchError) as excinfo:
+        list(loader)  # the second batch, images 3-5: worker 1
+    message = str(excinfo.value)
+    assert message.startswith(f"image file {paths[5]} cannot be decoded") and "\n" not in message, message
+
+
+def test_worker_message_keeps_other_messages_as_they_are():
+    assert image.worker_message("image file a.jpg does not exist") == "image file a.jpg does not exist"
+    wrapped = ("Caught BenchError in DataLoader worker process 1.\nOriginal Traceback (most recent call last):\n"
+               '  File "x.py", line 3, in f\n    raise BenchError(msg)\n'
+               "bench.errors.BenchError: image file b.jpg cannot be decoded (x)\n")
+    assert image.worker_message(wrapped) == "image file b.jpg cannot be decoded (x)"

@@ -215,9 +215,13 @@ def test_ignore_removes_entries_from_ap_like_deleting_them():
         kept = ~ignore[:, j]
         expected = average_precision_score(y_true[kept, j], scores[kept, j])
         assert result.per_label_ap[j] == pytest.approx(expected)
-    # ignore touches only the AP family.
+    # ignore touches the AP family, and the ML-GCN family (as negatives: next test), nothing else.
     plain = evaluate(y_true, scores)
-    assert {k: v for k, v in result.items() if k != "mAP"} == {k: v for k, v in plain.items() if k != "mAP"}
+    untouched = [k for k in result if k != "mAP" and not k.startswith(("CP", "CR", "CF1", "OP", "OR", "OF1"))]
+    assert {k: result[k] for k in untouched} == {k: plain[k] for k in untouched}
+    as_negatives = evaluate(y_true & ~ignore, scores)
+    assert {k: v for k, v in result.items() if k not in untouched and k != "mAP"} == {
+        k: v for k, v in as_negatives.items() if k not in untouched and k != "mAP"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,6 +335,37 @@ def test_map_matches_mlgcn_loop_with_difficult_examples(seed):
     expected = [mlgcn_average_precision(scores[:, k], targets[:, k]) for k in range(6)]
     np.testing.assert_allclose(result.per_label_ap, expected)
     assert result["mAP"] == pytest.approx(np.mean(expected))
+
+
+@pytest.mark.parametrize("seed", [22, 23])
+def test_mlgcn_family_counts_difficult_labels_as_negatives_as_mlgcn_does(seed):
+    """VOC's difficult labels: ML-GCN's overall()/overall_topk() see target 0 (then -1 -> 0), i.e.
+    a negative; counting them as positives moved CP ... OF1 by up to 0.12 on a checked case."""
+    rng = np.random.default_rng(seed)
+    y_true = (rng.random((150, 6)) < 0.3).astype(int)
+    probabilities = rng.random((150, 6))
+    difficult = (rng.random((150, 6)) < 0.3) & (y_true == 1)
+    result = evaluate(y_true, probabilities, ignore=difficult)
+    targets = np.where(difficult, 0, np.where(y_true == 1, 1, -1))
+    logits = logit(probabilities)
+    assert_family_equal(result, mlgcn_evaluation(logits, targets))
+    assert_family_equal(result, mlgcn_overall_topk(logits, targets, 3), "_top3")
+    assert evaluate(y_true, probabilities)["CR"] != pytest.approx(result["CR"])  # the convention matters here
+
+
+def test_a_difficult_label_by_hand():
+    """One label, four examples: positives 0 and 1 (1 difficult), predicted 1 and 2. ML-GCN: Ng = 1,
+    Np = 2, Nc = 0 (the difficult one is a negative), so CP = OP = 0, CR = OR = 0; counted as a
+    positive it would give Nc = 1, CP = 0.5, CR = 0.5."""
+    y_true = np.array([[1], [1], [0], [0]])
+    probabilities = np.array([[0.2], [0.9], [0.8], [0.1]])
+    difficult = np.array([[False], [True], [False], [False]])
+    result = evaluate(y_true, probabilities, ignore=difficult)
+    assert (result["CP"], result["CR"], result["OP"], result["OR"]) == (0.0, 0.0, 0.0, 0.0)
+    plain = evaluate(y_true, probabilities)
+    assert (plain["CP"], plain["CR"]) == (0.5, 0.5)
+    assert result["hamming_loss"] == plain["hamming_loss"] == 0.5  # other metrics take y_true as given
+    assert result["mAP"] == pytest.approx(0.5)  # AP without example 1: positive 0 ranked behind 2
 
 
 # --------------------------------------------------------------------------------------------

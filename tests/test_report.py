@@ -27,10 +27,11 @@ def results_of(records, knowledge=KNOWLEDGE):
     return results_layer.from_records(records, knowledge=knowledge)
 
 
-def record(method, fold, hamming, mAP, overrides=None, undefined=None, dataset="toy", ap=None, labels=None):
+def record(method, fold, hamming, mAP, overrides=None, undefined=None, dataset="toy", ap=None, labels=None,
+           n_folds=3):
     rec = {
         "job_id": f"{dataset}-{method}-{fold}-{overrides}", "overrides": overrides or {},
-        "config": {"dataset": dataset, "method": method, "protocol": "kfold", "n_folds": 3, "fold": fold, "seed": 0},
+        "config": {"dataset": dataset, "method": method, "protocol": "kfold", "n_folds": n_folds, "fold": fold, "seed": 0},
         "metrics": {"hamming_loss": hamming, "mAP": mAP}, "undefined": undefined or {"mAP": 0},
         "timings": {},
     }
@@ -86,7 +87,7 @@ def test_marks_follow_direction_best_bold_second_underlined():
 
 
 def test_ties_share_the_mark_and_two_rows_get_no_underline():
-    recs = [record("a", 0, 0.3, 0.5), record("b", 0, 0.1, 0.5)]
+    recs = [record("a", 0, 0.3, 0.5, n_folds=1), record("b", 0, 0.1, 0.5, n_folds=1)]
     (table,) = build_tables(results_of(recs), metrics=["hamming_loss", "mAP"])
     md = to_markdown(table)
     assert "| a | 0.300 | **0.500** |" in md and "| b | **0.100** | **0.500** |" in md
@@ -95,11 +96,13 @@ def test_ties_share_the_mark_and_two_rows_get_no_underline():
 def test_marks_compare_values_as_printed():
     # 0.1004 and 0.1001 both print as 0.100: a tie on the page is a tie in the marks, and after a
     # tie for the best there is no second (c ranks third); 0.2004 vs 0.2001 likewise tie for second
-    recs = [record("a", 0, 0.1004, 0.5), record("b", 0, 0.1001, 0.4), record("c", 0, 0.2, 0.3)]
+    recs = [record("a", 0, 0.1004, 0.5, n_folds=1), record("b", 0, 0.1001, 0.4, n_folds=1),
+            record("c", 0, 0.2, 0.3, n_folds=1)]
     (table,) = build_tables(results_of(recs), metrics=["hamming_loss"])
     md = to_markdown(table)
     assert "| a | **0.100** |" in md and "| b | **0.100** |" in md and "| c | 0.200 |" in md
-    recs = [record("a", 0, 0.1, 0.5), record("b", 0, 0.2004, 0.4), record("c", 0, 0.2001, 0.3), record("d", 0, 0.3, 0)]
+    recs = [record("a", 0, 0.1, 0.5, n_folds=1), record("b", 0, 0.2004, 0.4, n_folds=1),
+            record("c", 0, 0.2001, 0.3, n_folds=1), record("d", 0, 0.3, 0, n_folds=1)]
     (table,) = build_tables(results_of(recs), metrics=["hamming_loss"])
     md = to_markdown(table)
     assert "| b | <u>0.200</u> |" in md and "| c | <u>0.200</u> |" in md and "| d | 0.300 |" in md
@@ -128,10 +131,11 @@ def test_per_class_ap_table_golden_and_means():
     assert table.mean.at["a", "ap:aeroplane"] == pytest.approx(0.8)
     md = to_markdown(table)
     assert "| Method | aeroplane | bicycle | bird | mAP ↑ |" in md
-    # bird: c 0.6 best, b 0.5 second; aeroplane, bicycle and mAP: a and b tie for best, so no second
-    assert "| a | **0.800** | **0.600** | 0.400 | **0.650** |" in md
-    assert "| b | **0.800** | **0.600** | <u>0.500</u> | **0.650** |" in md
-    assert "| c | 0.600 | 0.400 | **0.600** | 0.500 |" in md
+    # bird: c 0.6 best, b 0.5 second; aeroplane, bicycle and mAP: a and b tie for best, so no second;
+    # each row averages 2 of its 3 folds, and says so
+    assert "| a † (2/3 runs) | **0.800** | **0.600** | 0.400 | **0.650** |" in md
+    assert "| b † (2/3 runs) | **0.800** | **0.600** | <u>0.500</u> | **0.650** |" in md
+    assert "| c † (2/3 runs) | 0.600 | 0.400 | **0.600** | 0.500 |" in md
     check_golden("vocish_per_class.md", md)
     tex = to_latex(table)
     check_golden("vocish_per_class.tex", tex)
@@ -269,3 +273,24 @@ def test_rows_run_with_scale_settings_are_named_in_one_note_per_setting():
     (table,) = build_tables(results_of(scaled))
     assert table.notes == ("Run with the dataset's scale settings (backbone=small-cnn, epochs=10), not the "
                            "papers' defaults: br, rmlc (`bench run --paper-defaults` for the papers' own).",)
+
+
+def test_a_row_missing_a_fold_says_so_also_when_every_row_misses_one(tmp_path, capsys):
+    """After a re-run failed, a 4-fold table may average 3 folds of every row: no row is more
+    complete than the others, yet each says 3 of its 4 runs."""
+    from bench.cli import main
+
+    argv = ["run", "--method", "br", "--dataset", "tiny", "--folds", "4", "--no-progress"]
+    assert main(argv) == 0
+    records = sorted((tmp_path / "results" / "tiny" / "br").glob("*.json"))
+    assert len(records) == 4
+    records[0].unlink()
+    capsys.readouterr()
+    assert main(["report", "--format", "md", "--no-leaderboard"]) == 0
+    out = capsys.readouterr().out
+    assert "| br † (3/4 runs) |" in out
+    assert main(argv) == 0  # the missing fold runs again: the row is complete, no dagger
+    capsys.readouterr()
+    assert main(["report", "--format", "md", "--no-leaderboard"]) == 0
+    out = capsys.readouterr().out
+    assert "| br |" in out and "†" not in out

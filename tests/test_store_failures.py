@@ -58,6 +58,47 @@ def test_a_record_of_another_format_version_is_ignored_with_a_warning(tmp_path, 
     assert str(json_path) in caplog.text and "format_version" in caplog.text
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("metrics", "oops", "metrics must be an object, got a string \"oops\""),
+    ("metrics", {"mAP": "0.75"}, "metrics.mAP must be a number or null, got a string \"0.75\""),
+    ("metrics", {"mAP": True}, "metrics.mAP must be a number or null, got a boolean true"),
+    ("config", ["d", "m"], "config must be an object, got an array [\"d\", \"m\"]"),
+    ("timings", 3, "timings must be an object, got a number 3"),
+    ("n_test", 2.5, "n_test must be an integer, got a number 2.5"),
+    ("history", [1, 2], "history[0] must be an object, got a number 1"),
+    ("per_label_ap", [0.5, "x"], "per_label_ap[1] must be a number or null, got a string \"x\""),
+    ("readouts", {"first": {"metrics": []}}, "readouts.first must be an object with metrics, got an object {\"metrics\": []}"),
+])
+def test_a_record_with_a_field_of_the_wrong_type_is_ignored_with_a_warning(tmp_path, caplog, field, value, message):
+    """A record that parses but would break the read side (a TypeError deep in the tables, naming no
+    file) is treated like a corrupt one: one warning naming the file and the field."""
+    store, json_path = stored(tmp_path)
+    rewrite(json_path, lambda r: r.update({field: value}))
+    with caplog.at_level(logging.WARNING):
+        assert store.load("d", "m", "j1") is None
+        assert list(store.records()) == []
+    assert caplog.messages[0] == f"ignoring corrupt result {json_path} ({message}); the job will be re-run"
+
+
+def test_a_wrong_typed_record_is_one_warning_in_bench_report_and_its_job_runs_again(tmp_path, capsys, caplog):
+    from bench.cli import main
+
+    assert main(["run", "--method", "br", "--dataset", "tiny", "--folds", "2", "--no-progress"]) == 0
+    folder = tmp_path / "results" / "tiny" / "br"
+    victim, other = sorted(folder.glob("*.json"))
+    kept = other.read_bytes()
+    rewrite(victim, lambda r: r.update(metrics="oops"))
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING):
+        assert main(["report", "--no-leaderboard"]) == 0
+    assert [m for m in caplog.messages if "corrupt" in m] == [
+        f"ignoring corrupt result {victim} (metrics must be an object, got a string \"oops\"); the job will be re-run"]
+    assert "Traceback" not in capsys.readouterr().err
+    assert main(["run", "--method", "br", "--dataset", "tiny", "--folds", "2", "--no-progress"]) == 0
+    assert "1 job(s) run, 1 already in" in capsys.readouterr().out
+    assert json.loads(victim.read_text())["metrics"]["mAP"] >= 0 and other.read_bytes() == kept
+
+
 def test_a_record_whose_arrays_are_gone_is_ignored_with_a_warning(tmp_path, caplog):
     store, json_path = stored(tmp_path)
     json_path.with_suffix(".npz").unlink()

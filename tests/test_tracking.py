@@ -114,7 +114,7 @@ def test_run_resume_report_read_back_with_mlflow_client(tracked):
                   check_parent_params_tags_and_aggregates, check_parent_aggregates_are_the_table_cells,
                   check_parent_spans_its_jobs, check_aggregates_follow_the_resume,
                   check_child_metrics_and_curves, check_step_scores_stored_with_the_job,
-                  check_tables_and_figures_on_parents_and_leaderboard,
+                  check_tables_and_figures_on_parents_and_leaderboard, check_experiment_kind_and_dataset_inputs,
                   check_a_copied_store_keeps_its_artifacts, check_a_job_is_logged_in_one_batch,
                   check_forced_rerun_replaces_the_child_only_when_its_result_changed):  # last: rewrites a child
         check(tracked)
@@ -150,6 +150,20 @@ def _by_kind(runs, kind):
 
 def _parent(runs, row):
     return next(r for r in _by_kind(runs, "parent") if r.data.tags["bench.row"] == row)
+
+
+def check_experiment_kind_and_dataset_inputs(tracked):
+    """The UI opens the experiment on its runs (a model-training kind, not GenAI), and every row's
+    and job's run names its dataset and data fingerprint (the runs list's Dataset column)."""
+    exp = _client(tracked["results"]).get_experiment_by_name("bench")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    fingerprint = next(tracked["store"].records())["config"]["data_fingerprint"]
+    runs = _by_kind(_runs(tracked), "parent") + _by_kind(_runs(tracked), "job")
+    assert len(runs) == 4 + 18
+    for run in runs:
+        (entry,) = run.inputs.dataset_inputs
+        assert (entry.dataset.name, entry.dataset.digest) == ("tiny", fingerprint)
+        assert [(t.key, t.value) for t in entry.tags] == [("mlflow.data.context", "training")]
 
 
 def check_store_is_the_default_sqlite_next_to_results(tracked):
