@@ -109,10 +109,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.api import ablation_init
+from bench.backbones import Backbone, build_backbone
 from bench.data import IMAGE, MultiLabelData
-from bench.deep import DeepMethod
+from bench.deep import DeepMethod, TokenNetwork
 from bench.errors import BenchError
-from bench.tokens import TokenEncoder
+from bench.image import native_size
+from bench.tokens import ImageTokenEncoder, TokenEncoder
 from bench.training import Batch, Stage, full_precision
 
 LABEL_ORDERS = ("free", "frequency", "rare")
@@ -384,7 +386,7 @@ class OrderFreeRNN(DeepMethod):
 
     def __init__(self, backbone: str = "resnet152", pretrained: bool | str = True,
                  image_size: int | None = 448, resize: int | None = None,
-                 freeze_backbone: bool = True, cache_features: bool = True,
+                 freeze_backbone: bool = True, cache_features: bool = True, region_stage: int = -1,
                  hidden: int = 512, attention_dim: int | None = None, pred_hidden: int | None = None,
                  dropout: float = 0.2, attention: bool = True, label_order: str = "free",
                  max_steps: int | None = None, beam: int = 3, stop_threshold: float | None = None,
@@ -399,6 +401,7 @@ class OrderFreeRNN(DeepMethod):
         self.resize = resize
         self.freeze_backbone = freeze_backbone
         self.cache_features = cache_features
+        self.region_stage = region_stage
         self.hidden = hidden
         self.attention_dim = attention_dim
         self.pred_hidden = pred_hidden
@@ -425,9 +428,13 @@ class OrderFreeRNN(DeepMethod):
         self.verbose = verbose
 
     # -------------------------------------------------------------- DeepMethod hooks
+    def _check_params(self) -> None:
+        """The common checks and this method's own (``bench run`` calls it before any job)."""
+        super()._check_params()
+        self._check_order_free_params()
+
     def setup(self, train: MultiLabelData) -> None:
         """T from the training part; the label ranks of the fixed-order ablations."""
-        self._check_order_free_params()
         counts = train.Y.sum(axis=0)
         largest = int(self.max_steps or max(1, int(train.Y.sum(axis=1).max(initial=0))))
         self.max_steps_ = min(largest, train.n_labels)                # the pool empties after L steps
@@ -437,6 +444,25 @@ class OrderFreeRNN(DeepMethod):
         rank[order] = np.arange(len(counts))
         self.label_rank_ = rank
         self.stop_threshold_ = DEFAULT_STOP_THRESHOLD if self.stop_threshold is None else float(self.stop_threshold)
+
+    def build_model(self, train: MultiLabelData) -> nn.Module:
+        """The token network, its regions taken from the backbone stage ``region_stage`` (the
+        stages of :class:`bench.backbones.Backbone`: runs of layers at one resolution; -1 the last)."""
+        if self.region_stage == -1 or self.inputs_ != IMAGE:
+            return super().build_model(train)
+        backbone = build_backbone(self.backbone, self.pretrained)
+        n = len(backbone.stages)
+        if not -n <= self.region_stage < n:
+            raise BenchError(f"method {self.name!r}: region_stage must be in [{-n}, {n - 1}] for backbone "
+                             f"{self.backbone!r} ({n} stages), got {self.region_stage!r}")
+        keep = self.region_stage % n + 1
+        trunk = Backbone(f"{backbone.name}.stage{keep - 1}", list(backbone.stages[:keep]), backbone.mean,
+                         backbone.std, backbone.weights_id)
+        side = self._image_side(native_size(train.image_view))
+        self.encoder_ = ImageTokenEncoder(trunk, (side, side), self.param("width"),
+                                          freeze_backbone=self.param("freeze_backbone"))
+        self.head_ = self.build_head(self.encoder_, self.n_labels_)
+        return TokenNetwork(self.encoder_, self.head_)
 
     def build_head(self, encoder: TokenEncoder, n_labels: int) -> OrderFreeRNNHead:
         hidden = int(self.hidden)
@@ -560,6 +586,9 @@ class OrderFreeRNN(DeepMethod):
         if self.calibration_metric not in CALIBRATION_METRICS:
             raise BenchError(f"{where}: calibration_metric must be one of {', '.join(CALIBRATION_METRICS)}, "
                              f"got {self.calibration_metric!r}")
+        if not (isinstance(self.region_stage, int) and not isinstance(self.region_stage, bool)):
+            raise BenchError(f"{where}: region_stage must be an integer (a backbone stage; -1 the last), "
+                             f"got {self.region_stage!r}")
         for name in ("hidden", "beam"):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
