@@ -108,12 +108,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.api import ablation_init
+from bench.api import NoClassMaps, ablation_init
 from bench.backbones import Backbone, build_backbone
 from bench.data import IMAGE, MultiLabelData
 from bench.deep import DeepMethod, TokenNetwork
 from bench.errors import BenchError
 from bench.image import native_size
+from bench.metrics import evaluate
 from bench.tokens import ImageTokenEncoder, TokenEncoder
 from bench.training import Batch, Stage, full_precision
 
@@ -124,6 +125,8 @@ CALIBRATION_METRICS = ("micro_f1", "macro_f1", "example_f1")
 DEFAULT_STOP_THRESHOLD = 0.5
 #: A threshold above every path probability: every image gets the empty set.
 EMPTY_SETS = 1.0 + 1e-9
+#: The attention maps of one search are kept for :meth:`OrderFreeRNN.class_maps` up to this size.
+MAPS_KEPT_BYTES = 64 * 2**20
 
 
 # ----------------------------------------------------------------------------- network
@@ -311,7 +314,8 @@ def beam_search(head: OrderFreeRNNHead, regions: torch.Tensor, beam: int, max_st
     n, m, _ = regions.shape
     L, K = head.n_labels, beam
     flat = regions.repeat_interleave(K, dim=0)                      # [B*K, m, C], image-major
-    keys = head.keys(flat)
+    keys = head.keys(regions)                                       # W_v v_i once per image, shared by its beams
+    keys = keys.repeat_interleave(K, dim=0) if keys is not None else None
     state = head.start(flat, torch.sigmoid(head.map_logits(regions).float()).repeat_interleave(K, dim=0))
     log_prob = torch.full((n, K), float("-inf"), device=regions.device)
     log_prob[:, 0] = 0.0                                            # one live path: the empty one
@@ -522,13 +526,79 @@ class OrderFreeRNN(DeepMethod):
     def decode(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return self.forward_eval(model, batch)["labels"]
 
+    def decoded(self, data: MultiLabelData, maps: bool = False) -> dict[str, np.ndarray]:
+        """One beam search over ``data`` (:meth:`forward_eval`): ``labels``, ``path_scores``,
+        ``logits`` (M_map's) and ``class_maps`` [n, L, m] (with attention). :meth:`predict`,
+        :meth:`predict_scores`, :meth:`predict_readouts` and :meth:`class_maps` of the same ``data``
+        object share it: the search runs once per dataset and set of weights (fit and each
+        validation start afresh). The maps are kept for reuse only up to ``MAPS_KEPT_BYTES``
+        (``maps=True`` searches again when they were not)."""
+        cached = getattr(self, "_decoded", None)
+        key = (getattr(self, "stop_threshold_", None), int(self.beam))
+        if (cached is not None and cached[0] is data and cached[1] == key
+                and (not maps or "class_maps" in cached[2] or self.head_.attention is None)):
+            return cached[2]
+        out = self.map_batches(data, lambda model, batch: self.forward_eval(model, batch))
+        if out is None:
+            n, L = 0, self.n_labels_
+            out = {"labels": np.zeros((n, L), bool), "path_scores": np.zeros((n, L), np.float32),
+                   "logits": np.zeros((n, L), np.float32)}
+            if self.head_.attention is not None:
+                out["class_maps"] = np.zeros((n, L, self.encoder_.n_tokens), np.float32)
+        kept = {k: v for k, v in out.items() if k != "class_maps" or v.nbytes <= MAPS_KEPT_BYTES}
+        self._decoded = (data, key, kept)
+        return out
+
+    def predict(self, data: MultiLabelData) -> np.ndarray:
+        """The label set of the decoded path (Eq. 11 with the stop threshold), {0,1} [n, L]."""
+        return self.decoded(data)["labels"].astype(np.uint8)
+
+    def predict_scores(self, data: MultiLabelData) -> np.ndarray:
+        """Each label's highest σ(p_t) along the decoded path, [n, L]."""
+        return self.decoded(data)["path_scores"].astype(np.float64)
+
     def predict_readouts(self, data: MultiLabelData) -> dict[str, np.ndarray]:
         """"Resnet-baseline" of Tables 1-2: σ(v_prob), M_map's FC of the same training."""
-        def fn(model, batch):
-            return torch.sigmoid(model.head.map_logits(model.encoder(batch.inputs)).float())
+        logits = torch.from_numpy(np.asarray(self.decoded(data)["logits"], np.float32))
+        return {"cnn_baseline": torch.sigmoid(logits).numpy().astype(np.float64)}
 
-        scores = self.map_batches(data, fn)
-        return {"cnn_baseline": (scores if scores is not None else np.zeros((0, self.n_labels_))).astype(np.float64)}
+    def class_maps(self, data: MultiLabelData) -> np.ndarray:
+        """Per emitted label, the attention of the step that emitted it, [n, L, h, w] (zeros elsewhere)."""
+        if not isinstance(getattr(self, "model_", None), TokenNetwork):
+            raise NoClassMaps(f"method {self.name!r}: class maps need a fitted token network")
+        if self.head_.attention is None:
+            raise NoClassMaps(f"method {self.name!r}: without attention there are no attention maps")
+        maps = self.decoded(data, maps=True)["class_maps"]
+        return maps.reshape(len(maps), maps.shape[1], *self.encoder_.grid)
+
+    def fit(self, train: MultiLabelData, val: MultiLabelData | None = None) -> OrderFreeRNN:
+        self._decoded = None            # new weights: no earlier search holds
+        self._training_stage = None
+        return super().fit(train, val)
+
+    def validate(self, val: MultiLabelData) -> dict[str, float]:
+        """Per-epoch validation. Stage ``"map"``: M_map's own validation BCE (``val_loss`` =
+        ``val_map``) and the metrics of its readout σ(v_prob) (``cnn_baseline``), so early stopping
+        picks the FC by what it learns; the RNN, untrained then, is not run. Stage ``"rnn"``: the
+        loss of :meth:`compute_loss` and the metrics of the decoded paths (one search)."""
+        self._decoded = None
+        try:
+            if self._training_stage == "map":
+                return self._validate_map(val)
+            return super().validate(val)
+        finally:
+            self._decoded = None
+
+    def _validate_map(self, val: MultiLabelData) -> dict[str, float]:
+        def fn(model, batch):
+            return model.head.map_logits(model.encoder(batch.inputs))
+
+        logits = self.map_batches(val, fn)
+        logits = torch.from_numpy(logits if logits is not None else np.zeros((0, self.n_labels_), np.float32))
+        bce = float(map_bce(logits, torch.as_tensor(val.Y, dtype=torch.float32))) if len(logits) else 0.0
+        scores = torch.sigmoid(logits).numpy().astype(np.float64)
+        metrics = evaluate(val.Y, scores, (scores >= self.threshold).astype(np.uint8), ignore=val.ignore)
+        return {"val_loss": bce, "val_map": bce, **{f"val_{k}": float(v) for k, v in metrics.items()}}
 
     # -------------------------------------------------------------- internals
     def _forced(self, y: torch.Tensor) -> torch.Tensor | None:
@@ -543,12 +613,14 @@ class OrderFreeRNN(DeepMethod):
         return F.one_hot(seq.clamp(min=0), y.shape[1]).float() * (seq >= 0).unsqueeze(-1).float()
 
     def _map_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self._training_stage = "map"
         with self.autocast():
             logits = self.head_.map_logits(self.encoder_(batch.inputs))
         loss = map_bce(full_precision(logits), batch.y)
         return loss, {"map": loss}
 
     def _rnn_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self._training_stage = "rnn"
         with self.autocast():
             outputs = self.forward_train(self.model_, batch)
         loss = step_bce(full_precision(outputs["step_logits"]), self._targets(batch.y, self.max_steps_))
@@ -557,6 +629,7 @@ class OrderFreeRNN(DeepMethod):
     def _per_step_update(self, batch: Batch, optimizer: torch.optim.Optimizer
                          ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Algorithm 1 read literally: an Adam step after each time step's loss (Eq. 8)."""
+        self._training_stage = "rnn"
         head, T = self.head_, self.max_steps_
         with torch.no_grad():
             regions = self.encoder_(batch.inputs)
