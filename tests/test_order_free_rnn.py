@@ -407,7 +407,7 @@ def test_the_training_target_is_the_whole_label_vector_at_every_step():
 def test_predict_scores_readouts_and_maps_come_from_one_search(monkeypatch):
     data = mosaic(40)
     train, test = data.subset(np.arange(30)), data.subset(np.arange(30, 40))
-    method = fitted(train)
+    method = fitted(train, val_fraction=0.0)   # no validation, no calibration: τ stays 0.5 across fits
     searches = []
     real = ofr.beam_search
     monkeypatch.setattr(ofr, "beam_search", lambda *a, **k: searches.append(len(a[1])) or real(*a, **k))
@@ -422,6 +422,8 @@ def test_predict_scores_readouts_and_maps_come_from_one_search(monkeypatch):
     np.testing.assert_allclose(maps.reshape(own["class_maps"].shape), own["class_maps"], rtol=1e-6)
     searches.clear()
     method.predict(test.subset(np.arange(5)))        # another dataset: a search of its own
+    assert searches == [5]
+    method.predict(test)
     method.fit(data.subset(np.arange(10, 40)))        # new weights: the earlier search no longer holds
     searches.clear()
     method.predict(test)
