@@ -10,13 +10,17 @@ read cached maps and the CNN's own cost is not part of these figures.
 * training: the RNN stage's update (``methods.order_free_rnn.unroll`` over T steps, Eq. 8, backward,
   Adam), batches already on the device, bf16 autocast on CUDA as the method runs it;
 * decoding: ``beam_search`` over batches of 64 images to the full T (no stop threshold: the worst
-  case), images per second;
+  case), images per second, and the time one prediction of a batch takes *before* (the attention
+  keys W_v v_i computed for each of the beam's copies of an image, and three searches: one each for
+  ``predict``, ``predict_scores`` and ``class_maps``) and *after* (the keys once per image, one
+  search shared by the three), measured in the same run on the same batches;
 * peak memory: CUDA's peak allocated bytes over both; on the CPU the process's peak resident set.
 
 Run from the checkout::
 
     python benchmarks/bench_order_free_rnn.py --quick             # tiny sizes, CPU, seconds
     python benchmarks/bench_order_free_rnn.py --device cuda       # the paper's size
+    python benchmarks/bench_order_free_rnn.py --device cpu --batches 2   # the paper's size, fewer batches
 
 ``measure(device, quick)`` returns the rows for ``benchmarks/gpu_suite.py``.
 """
@@ -84,39 +88,59 @@ def time_training(head, size: dict, device: torch.device) -> float:
 
 
 @torch.no_grad()
-def time_decoding(head, size: dict, device: torch.device) -> float:
-    """Beam-search decoding, images per second (beam 3, to the full T)."""
+def time_decoding(head, size: dict, device: torch.device, before: bool = False) -> float:
+    """Seconds per batch of one prediction: beam search (beam 3, to the full T). ``before``: as the
+    method did before (the attention keys computed for every beam's copy of an image, the same
+    values at K times the work; three searches per prediction); else one search, keys per image."""
     beam_search = _method_module().beam_search
     head.eval()
-    batches = [synthetic_batch(size, size["eval_batch"], device, 100 + s)[0] for s in range(2)]
-    with autocast(device):
-        beam_search(head, batches[0], size["beam"], size["steps"])
-    _sync(device)
-    t0 = time.perf_counter()
-    for i in range(size["decode_batches"]):
+    if before:   # W_v v_i over the B x K copies (what beam_search did), handing back one row per image
+        head.keys = lambda regions: head.attention.keys(regions.repeat_interleave(size["beam"], dim=0))[::size["beam"]]
+    searches = 3 if before else 1
+    try:
+        batches = [synthetic_batch(size, size["eval_batch"], device, 100 + s)[0] for s in range(2)]
         with autocast(device):
-            beam_search(head, batches[i % 2], size["beam"], size["steps"])
-    _sync(device)
-    return size["decode_batches"] * size["eval_batch"] / (time.perf_counter() - t0)
+            beam_search(head, batches[0], size["beam"], size["steps"])
+        _sync(device)
+        t0 = time.perf_counter()
+        for i in range(size["decode_batches"]):
+            for _ in range(searches):
+                with autocast(device):
+                    beam_search(head, batches[i % 2], size["beam"], size["steps"])
+        _sync(device)
+    finally:
+        head.__dict__.pop("keys", None)
+    return (time.perf_counter() - t0) / size["decode_batches"]
 
 
-def measure(device: str, quick: bool) -> list[dict]:
-    """The rows {figure, value, unit, target} at tiny (``quick``) or the paper's size on ``device``."""
-    size = QUICK if quick else PAPER
+def measure(device: str, quick: bool, batches: int | None = None) -> list[dict]:
+    """The rows {figure, value, unit, target} at tiny (``quick``) or the paper's size on ``device``
+    (``batches``: decode and train on this many batches instead of the size's own count)."""
+    size = dict(QUICK if quick else PAPER)
+    if batches:
+        size["decode_batches"], size["train_iters"] = int(batches), max(2, int(batches))
     dev = torch.device(device)
     torch.manual_seed(0)
     head = _method_module().OrderFreeRNNHead(size["channels"], size["labels"], size["hidden"], size["hidden"], size["hidden"]).to(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     train = time_training(head, size, dev)
-    decode = time_decoding(head, size, dev)
+    after = time_decoding(head, size, dev)
+    before = time_decoding(head, size, dev, before=True)
     where = (f"{size['channels']}x{size['grid']}x{size['grid']} maps, {size['labels']} labels, "
              f"hidden {size['hidden']}, T={size['steps']}")
+    search = f"beam {size['beam']}, batch {size['eval_batch']}"
     rows = [
         {"figure": f"order_free_rnn training, batch {size['batch']} ({where})", "value": train,
          "unit": "steps/s", "target": None},
-        {"figure": f"order_free_rnn beam search (beam {size['beam']}), batch {size['eval_batch']} ({where})",
-         "value": decode, "unit": "images/s", "target": None},
+        {"figure": f"order_free_rnn beam search ({search}; {where})",
+         "value": size["eval_batch"] / after, "unit": "images/s", "target": None},
+        {"figure": f"order_free_rnn one prediction before: keys per beam, 3 searches ({search})",
+         "value": 1000 * before, "unit": "ms/batch", "target": None},
+        {"figure": f"order_free_rnn one prediction after: keys per image, 1 search ({search})",
+         "value": 1000 * after, "unit": "ms/batch", "target": None},
+        {"figure": "order_free_rnn prediction speed-up (before / after)", "value": before / after,
+         "unit": "x", "target": None},
     ]
     if dev.type == "cuda":
         rows.append({"figure": "order_free_rnn peak GPU memory (training + decoding)",
@@ -132,8 +156,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a CPU dry run in seconds)")
+    parser.add_argument("--batches", type=int, default=None, help="decode (and train) this many batches")
     args = parser.parse_args(argv)
-    rows = measure(args.device, args.quick)
+    rows = measure(args.device, args.quick, args.batches)
     gpu = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor() or "cpu"
     print(f"# Order-Free RNN on {args.device} ({gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads)")
     print(f"| {'figure':<100} | {'value':>10} | unit     |")
