@@ -590,7 +590,7 @@ class OrderFreeRNN(DeepMethod):
         if not isinstance(getattr(self, "model_", None), TokenNetwork):
             raise NoClassMaps(f"method {self.name!r}: class maps need a fitted token network")
         if self.head_.attention is None:
-            raise NoClassMaps(f"method {self.name!r}: without attention there are no attention maps")
+            raise NoClassMaps(f"method {self.name!r}: its network gives no 'class_maps' output (no attention)")
         maps = self.decoded(data, maps=True)["class_maps"]
         return maps.reshape(len(maps), maps.shape[1], *self.encoder_.grid)
 
