@@ -13,7 +13,8 @@ read cached maps and the CNN's own cost is not part of these figures.
   case), images per second, and the time one prediction of a batch takes *before* (the attention
   keys W_v v_i computed for each of the beam's copies of an image, and three searches: one each for
   ``predict``, ``predict_scores`` and ``class_maps``) and *after* (the keys once per image, one
-  search shared by the three), measured in the same run on the same batches;
+  search shared by the three), alternating batch by batch on the same batches, each figure the
+  fastest batch (the least disturbed by other load on a shared machine); and the keys alone;
 * peak memory: CUDA's peak allocated bytes over both; on the CPU the process's peak resident set.
 
 Run from the checkout::
@@ -88,29 +89,45 @@ def time_training(head, size: dict, device: torch.device) -> float:
 
 
 @torch.no_grad()
-def time_decoding(head, size: dict, device: torch.device, before: bool = False) -> float:
-    """Seconds per batch of one prediction: beam search (beam 3, to the full T). ``before``: as the
-    method did before (the attention keys computed for every beam's copy of an image, the same
-    values at K times the work; three searches per prediction); else one search, keys per image."""
+def time_decoding(head, size: dict, device: torch.device) -> dict[str, float]:
+    """Seconds per batch (the fastest of ``decode_batches`` batches: the least disturbed by other
+    load) of one prediction, beam 3 to the full T, *after*: one search with the attention keys
+    W_v v_i per image, and *before*: as the method did (the keys computed for each of the K beam
+    copies of an image: the same values at K times the work; three searches per prediction, one
+    each for ``predict``, ``predict_scores`` and ``class_maps``). The two alternate batch by batch,
+    so both see the same load. Also the keys alone, per beam copy and per image."""
     beam_search = _method_module().beam_search
     head.eval()
-    if before:   # W_v v_i over the B x K copies (what beam_search did), handing back one row per image
-        head.keys = lambda regions: head.attention.keys(regions.repeat_interleave(size["beam"], dim=0))[::size["beam"]]
-    searches = 3 if before else 1
-    try:
-        batches = [synthetic_batch(size, size["eval_batch"], device, 100 + s)[0] for s in range(2)]
-        with autocast(device):
-            beam_search(head, batches[0], size["beam"], size["steps"])
+    K = size["beam"]
+    per_image = head.keys
+
+    def per_beam(regions):   # W_v v_i over the B x K copies (what beam_search did), one row per image back
+        return head.attention.keys(regions.repeat_interleave(K, dim=0))[::K]
+
+    def timed(fn) -> float:
         _sync(device)
         t0 = time.perf_counter()
-        for i in range(size["decode_batches"]):
-            for _ in range(searches):
-                with autocast(device):
-                    beam_search(head, batches[i % 2], size["beam"], size["steps"])
+        with autocast(device):
+            fn()
         _sync(device)
+        return time.perf_counter() - t0
+
+    batches = [synthetic_batch(size, size["eval_batch"], device, 100 + s)[0] for s in range(2)]
+    with autocast(device):
+        beam_search(head, batches[0], K, size["steps"])          # warm-up
+    times: dict[str, list[float]] = {"after": [], "before": [], "keys_per_image": [], "keys_per_beam": []}
+    try:
+        for i in range(size["decode_batches"]):
+            x = batches[i % 2]
+            head.keys = per_image
+            times["after"].append(timed(lambda x=x: beam_search(head, x, K, size["steps"])))
+            head.keys = per_beam
+            times["before"].append(timed(lambda x=x: [beam_search(head, x, K, size["steps"]) for _ in range(3)]))
+            times["keys_per_image"].append(timed(lambda x=x: head.attention.keys(x)))
+            times["keys_per_beam"].append(timed(lambda x=x: per_beam(x)))
     finally:
         head.__dict__.pop("keys", None)
-    return (time.perf_counter() - t0) / size["decode_batches"]
+    return {k: min(v) for k, v in times.items()}
 
 
 def measure(device: str, quick: bool, batches: int | None = None) -> list[dict]:
@@ -125,8 +142,7 @@ def measure(device: str, quick: bool, batches: int | None = None) -> list[dict]:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     train = time_training(head, size, dev)
-    after = time_decoding(head, size, dev)
-    before = time_decoding(head, size, dev, before=True)
+    decode = time_decoding(head, size, dev)
     where = (f"{size['channels']}x{size['grid']}x{size['grid']} maps, {size['labels']} labels, "
              f"hidden {size['hidden']}, T={size['steps']}")
     search = f"beam {size['beam']}, batch {size['eval_batch']}"
@@ -134,12 +150,16 @@ def measure(device: str, quick: bool, batches: int | None = None) -> list[dict]:
         {"figure": f"order_free_rnn training, batch {size['batch']} ({where})", "value": train,
          "unit": "steps/s", "target": None},
         {"figure": f"order_free_rnn beam search ({search}; {where})",
-         "value": size["eval_batch"] / after, "unit": "images/s", "target": None},
+         "value": size["eval_batch"] / decode["after"], "unit": "images/s", "target": None},
+        {"figure": f"order_free_rnn attention keys W_v v_i before: per beam copy ({search})",
+         "value": 1000 * decode["keys_per_beam"], "unit": "ms/batch", "target": None},
+        {"figure": f"order_free_rnn attention keys W_v v_i after: per image ({search})",
+         "value": 1000 * decode["keys_per_image"], "unit": "ms/batch", "target": None},
         {"figure": f"order_free_rnn one prediction before: keys per beam, 3 searches ({search})",
-         "value": 1000 * before, "unit": "ms/batch", "target": None},
+         "value": 1000 * decode["before"], "unit": "ms/batch", "target": None},
         {"figure": f"order_free_rnn one prediction after: keys per image, 1 search ({search})",
-         "value": 1000 * after, "unit": "ms/batch", "target": None},
-        {"figure": "order_free_rnn prediction speed-up (before / after)", "value": before / after,
+         "value": 1000 * decode["after"], "unit": "ms/batch", "target": None},
+        {"figure": "order_free_rnn prediction speed-up (before / after)", "value": decode["before"] / decode["after"],
          "unit": "x", "target": None},
     ]
     if dev.type == "cuda":
