@@ -519,8 +519,8 @@ def test_on_mnist_mosaic_order_free_rnn_and_its_ablations_get_the_frozen_imagene
     for name in ("order_free_rnn", "order_free_rnn_no_attention", "order_free_rnn_frequency_first",
                  "order_free_rnn_rare_first"):
         got = params.resolve(plugins.get("methods", name), {}, scale).params
-        assert (got["backbone"], got["pretrained"], got["image_size"], got["freeze_backbone"]) == \
-            ("efficientnet-lite0", True, 224, True), name
+        assert (got["backbone"], got["pretrained"], got["image_size"], got["freeze_backbone"], got["map_epochs"]) == \
+            ("efficientnet-lite0", True, 224, True, 80), name
     for name in ("der", "cmsg", "retdm"):     # the methods that train their CNN keep the small one
         got = params.resolve(plugins.get("methods", name), {}, scale).params
         assert (got["backbone"], got["pretrained"]) == ("small-cnn", False), name
