@@ -417,6 +417,7 @@ class OrderFreeRNN(DeepMethod):
     def __init__(self, backbone: str = "resnet152", pretrained: bool | str = True,
                  image_size: int | None = 448, resize: int | None = None,
                  freeze_backbone: bool = True, cache_features: bool = True, region_stage: int = -1,
+                 cnn_epochs: int = 0,
                  hidden: int = 512, attention_dim: int | None = None, pred_hidden: int | None = None,
                  dropout: float = 0.2, attention: bool = True, label_order: str = "free",
                  max_steps: int | None = None, beam: int = 3, stop_threshold: float | None = None,
@@ -432,6 +433,7 @@ class OrderFreeRNN(DeepMethod):
         self.freeze_backbone = freeze_backbone
         self.cache_features = cache_features
         self.region_stage = region_stage
+        self.cnn_epochs = cnn_epochs
         self.hidden = hidden
         self.attention_dim = attention_dim
         self.pred_hidden = pred_hidden
@@ -601,7 +603,48 @@ class OrderFreeRNN(DeepMethod):
                     ) -> tuple[MultiLabelData, MultiLabelData | None]:
         self._decoded = None            # new weights: no earlier search holds
         self._training_stage = None
-        return super().prepare_fit(train, val)
+        train, val = super().prepare_fit(train, val)
+        if self.cnn_epochs:
+            self._train_cnn(train)
+        return train, val
+
+    def _train_cnn(self, train: MultiLabelData) -> None:
+        """The optional first stage (``cnn_epochs``, a deviation): the CNN with a global-average-pool
+        + FC head trained with BCE on the training part (the validation part already carved out;
+        the training augmentation, Adam at ``lr``), then frozen again; its maps are cached under
+        its trained weights."""
+        from bench.deep import _ImageSource
+        from bench.feature_cache import SpatialFeatureCache
+        from bench.training import LoopConfig, train_loop
+
+        if self.inputs_ != IMAGE:
+            return
+        backbone = self.encoder_.backbone
+        network = _CNNClassifier(backbone, backbone.out_channels, self.n_labels_).to(self.device_)
+        backbone.requires_grad_(True)
+        native = native_size(train.image_view)
+        source = _ImageSource(train.image_view, train.Y, self.train_transform(native), int(self.random_state or 0),
+                              self.device_, self.param("num_workers"))
+
+        def loss(batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            with self.autocast():
+                logits = network(batch.inputs)
+            bce = map_bce(full_precision(logits), batch.y)
+            return bce, {"cnn": bce}
+
+        stage = Stage("cnn", epochs=int(self.cnn_epochs), optimizer=torch.optim.Adam(network.parameters(), lr=self.lr),
+                      loss=loss)
+        try:
+            result = train_loop(network, [stage],
+                                lambda epoch: source.batches(self.train_batch_indices(train.n_samples, epoch)),
+                                LoopConfig(device=self.device_, amp=bool(self.param("amp")),
+                                           steps_per_epoch=self.param("steps_per_epoch")))
+        finally:
+            backbone.requires_grad_(not self.param("freeze_backbone"))
+            self.encoder_.train(False)
+        self.cnn_history_ = result.history
+        if self.param("cache_features"):
+            self.feature_cache_ = SpatialFeatureCache.for_backbone(backbone, self.test_transform(native))
 
     def validate(self, val: MultiLabelData) -> dict[str, float]:
         """Per-epoch validation. Stage ``"map"``: M_map's own validation BCE (``val_loss`` =
@@ -686,6 +729,8 @@ class OrderFreeRNN(DeepMethod):
         if self.calibration_metric not in CALIBRATION_METRICS:
             raise BenchError(f"{where}: calibration_metric must be one of {', '.join(CALIBRATION_METRICS)}, "
                              f"got {self.calibration_metric!r}")
+        if not (isinstance(self.cnn_epochs, int) and not isinstance(self.cnn_epochs, bool) and self.cnn_epochs >= 0):
+            raise BenchError(f"{where}: cnn_epochs must be an integer >= 0, got {self.cnn_epochs!r}")
         if not (isinstance(self.region_stage, int) and not isinstance(self.region_stage, bool)):
             raise BenchError(f"{where}: region_stage must be an integer (a backbone stage; -1 the last), "
                              f"got {self.region_stage!r}")
@@ -702,6 +747,21 @@ class OrderFreeRNN(DeepMethod):
             raise BenchError(f"{where}: dropout must be in [0, 1), got {self.dropout!r}")
         if self.stop_threshold is not None and not 0 <= self.stop_threshold <= 1:
             raise BenchError(f"{where}: stop_threshold must be in [0, 1] or None, got {self.stop_threshold!r}")
+
+
+class _CNNClassifier(nn.Module):
+    """The backbone, global average pooling and an FC layer: the optional first stage's classifier."""
+
+    def __init__(self, backbone: nn.Module, channels: int, n_labels: int):
+        super().__init__()
+        self.backbone = backbone
+        self.fc = nn.Linear(channels, n_labels)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        from bench.image import to_model_input
+
+        x = to_model_input(images, self.backbone.mean, self.backbone.std, images.device)
+        return self.fc(self.backbone(x).mean(dim=(2, 3)))
 
 
 # ----------------------------------------------------------------------------- ablations

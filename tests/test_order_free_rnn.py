@@ -524,3 +524,23 @@ def test_on_mnist_mosaic_order_free_rnn_and_its_ablations_get_the_frozen_imagene
     for name in ("der", "cmsg", "retdm"):     # the methods that train their CNN keep the small one
         got = params.resolve(plugins.get("methods", name), {}, scale).params
         assert (got["backbone"], got["pretrained"]) == ("small-cnn", False), name
+
+
+def test_the_optional_first_stage_trains_the_cnn_on_the_training_part_then_freezes_it(monkeypatch):
+    from bench import deep
+
+    data = mosaic(40)
+    seen = []
+    real = deep._ImageSource.batches
+    monkeypatch.setattr(deep._ImageSource, "batches", lambda self, idx: seen.append(len(np.concatenate(idx))) or real(self, idx))
+    plain = fitted(data, val_fraction=0.25)
+    seen.clear()
+    method = fitted(data, val_fraction=0.25, cnn_epochs=2)
+    trained, untouched = method.encoder_.backbone.state_dict(), plain.encoder_.backbone.state_dict()
+    assert any(not torch.equal(trained[k], untouched[k]) for k in trained)      # the CNN learnt
+    assert not any(p.requires_grad for p in method.encoder_.backbone.parameters())  # and is frozen again
+    assert len(method.cnn_history_) == 2 and seen[:2] == [30, 30]                # 40 less the 10 held out
+    assert method.feature_cache_.folder != plain.feature_cache_.folder            # maps of the trained CNN
+    assert list(method.feature_cache_.folder.glob("shard-*.npy"))
+    after = fitted(data, val_fraction=0.25, cnn_epochs=2)                         # the same seed, the same CNN
+    assert all(torch.equal(v, after.encoder_.backbone.state_dict()[k]) for k, v in trained.items())
