@@ -84,6 +84,15 @@ Readings and choices where the text is silent (NOTES.md [choice]; constructor ar
   224 px ``region_stage=-2`` gives ResNet's conv4_x (14 x 14 x 1024), the same 196 regions.
 * ``batch_size=32``, ``epochs=20``; ``amp=True`` (bf16 autocast of the forward passes on CUDA).
 
+Deviation (off by default)
+--------------------------
+* ``cnn_epochs=0``: with ``cnn_epochs > 0`` a first stage, not in the paper, trains the CNN itself:
+  the backbone with global average pooling and an FC layer, BCE, Adam at ``lr``, the training
+  augmentation, for ``cnn_epochs`` epochs on the training part (after the validation carve-out),
+  before Algorithm 1; the CNN is then frozen and its maps cached under its trained weights (so
+  each fold extracts its own). For a CNN without suitable pre-trained weights (the small CNN from
+  scratch); the paper's CNN is ImageNet-trained and never fine-tuned.
+
 Ablations (Tables 1-2)
 ----------------------
 * ``order_free_rnn_no_attention`` ("Ours (w/o atten)"): ``attention=False``.
