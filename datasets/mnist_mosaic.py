@@ -343,7 +343,7 @@ class MnistMosaic(Dataset):
     # trains its CNN: a frozen random one carries little it can read, so it gets the ImageNet-trained
     # EfficientNet-Lite0 that ships offline, frozen, at 224 px (a 7 x 7 grid of regions), the
     # faithful stand-in for the paper's ResNet-152 (NOTES.md). Its first stage, the FC of v_prob on
-    # those fixed features, costs ~1 s an epoch and at Adam 3e-4 still improves on the validation
+    # those fixed features, costs ~0.3 s an epoch and at Adam 3e-4 still improves on the validation
     # part after 10 epochs (validation BCE 3.50 at 10 epochs, 2.07 at 80; mAP 0.839 -> 0.910, fold 1
     # of 2): 80 epochs. `bench run --paper-defaults` trains them as their papers do (ResNet-101/152,
     # ImageNet weights, 448 px, 60 epochs).
