@@ -115,6 +115,7 @@ feature views instead (README, RETDM).
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -127,7 +128,7 @@ from bench.deep import DeepMethod
 from bench.errors import BenchError
 from bench.image import ImageTransform
 from bench.tokens import TokenEncoder
-from bench.training import Batch, Stage
+from bench.training import Batch, Stage, full_precision
 
 IMAGE_POOLS = ("auto", "vgg", "mean", "flatten")
 SOFTMAX_OVER = ("distances", "similarities")
@@ -174,36 +175,30 @@ def candidate_pool(Y: np.ndarray, distinct: bool = False) -> np.ndarray:
 
 def neighbour_batches(neighbours: np.ndarray, valid: np.ndarray, batch_size: int, per_anchor: int,
                       rng: np.random.Generator) -> list[np.ndarray]:
-    """One epoch of the metric stages: batches of at most ``batch_size`` distinct examples, each
-    built of anchors (a permutation) followed by ``per_anchor`` of their neighbours, as many
-    batches as a plain epoch has (⌈n / batch_size⌉)."""
-    n = len(neighbours)
-    n_batches = math.ceil(n / batch_size)
-    batches: list[np.ndarray] = []
-    current: list[int] = []
-    members: set[int] = set()
-    for anchor in rng.permutation(n):
-        candidates = neighbours[anchor][valid[anchor]]
-        if per_anchor < len(candidates):
-            candidates = rng.choice(candidates, per_anchor, replace=False)
-        group = list(dict.fromkeys([int(anchor), *map(int, candidates)]))[:batch_size]
-        fresh = [i for i in group if i not in members]
-        if len(current) + len(fresh) > batch_size:
-            batches.append(np.asarray(current, dtype=np.int64))
-            if len(batches) == n_batches:
-                return batches
-            current, members, fresh = [], set(), group
-        current.extend(fresh)
-        members.update(fresh)
-    if current and len(batches) < n_batches:
-        batches.append(np.asarray(current, dtype=np.int64))
+    """One epoch of the metric stages: a plain permutation of the training part cut into batches of
+    ``batch_size`` anchors (as stage 1 and BCE see it), each batch followed by ``per_anchor``
+    neighbour slots per anchor, anchor a's at rows ``A + a * per_anchor + j`` (A anchors): a random
+    subset of its valid neighbours, padded with the anchor's own index where it has fewer (those
+    slots are masked out by :func:`neighbour_slots`). Only way two reads the neighbour rows."""
+    batches = []
+    order = rng.permutation(len(neighbours))
+    for start in range(0, len(order), batch_size):
+        anchors = order[start:start + batch_size]
+        slots = np.repeat(anchors[:, None], per_anchor, axis=1)
+        for a, anchor in enumerate(anchors):
+            candidates = neighbours[anchor][valid[anchor]]
+            if per_anchor < len(candidates):
+                candidates = rng.choice(candidates, per_anchor, replace=False)
+            slots[a, :len(candidates)] = candidates
+        batches.append(np.concatenate([anchors, slots.reshape(-1)]).astype(np.int64))
     return batches
 
 
-def neighbour_image_mask(neighbours: torch.Tensor, valid: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """[B, B] bool: entry (a, b) says the image in row b of the batch is one of row a's neighbours."""
-    hit = (neighbours.unsqueeze(-1) == index.view(1, 1, -1)) & valid.unsqueeze(-1)   # [B, k, B]
-    return hit.any(dim=1)
+def neighbour_slots(valid: torch.Tensor, per_anchor: int) -> torch.Tensor:
+    """[A, per_anchor] bool: which neighbour slots of :func:`neighbour_batches` hold a neighbour
+    (the first min(per_anchor, valid neighbours of the anchor) of each row)."""
+    count = valid.sum(dim=1, keepdim=True).clamp(max=per_anchor)
+    return torch.arange(per_anchor, device=valid.device).unsqueeze(0) < count
 
 
 # ----------------------------------------------------------------------------- network
@@ -292,12 +287,13 @@ def way_one_loss(phi: torch.Tensor, psi: torch.Tensor, psi_neighbours: torch.Ten
     return pair_softmax_hinge(d2_true, d2_neg, mask, margin, softmax_over)
 
 
-def way_two_loss(phi: torch.Tensor, psi: torch.Tensor, image_mask: torch.Tensor, margin: float = 0.0,
-                 softmax_over: str = "distances") -> torch.Tensor:
-    """Eq. (7): anchor ψ(y_i), true φ(x_i), negatives φ(x_j) of the batch images of its neighbours
-    (``image_mask`` [B, B], :func:`neighbour_image_mask`)."""
-    d2 = (psi.unsqueeze(1) - phi.unsqueeze(0)).pow(2).sum(-1)           # d²(x_b, y_a) [a, b]
-    return pair_softmax_hinge(d2.diagonal(), d2, image_mask, margin, softmax_over)
+def way_two_loss(psi: torch.Tensor, phi: torch.Tensor, phi_neighbours: torch.Tensor, mask: torch.Tensor,
+                 margin: float = 0.0, softmax_over: str = "distances") -> torch.Tensor:
+    """Eq. (7): anchor ψ(y_i), true φ(x_i), negatives φ(x_j) [B, K, E] of images of its neighbours
+    j ∈ N_k(i) (the sampler's neighbour slots, ``mask`` [B, K] the filled ones)."""
+    d2_true = (psi - phi).pow(2).sum(-1)
+    d2_neg = (psi.unsqueeze(1) - phi_neighbours).pow(2).sum(-1)
+    return pair_softmax_hinge(d2_true, d2_neg, mask, margin, softmax_over)
 
 
 def classification_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -330,6 +326,11 @@ class RETDM(DeepMethod):
     """RETDM (Li et al., IEEE TNNLS 2020): see the module docstring for the equations and readings."""
 
     name = "retdm"
+    #: α and β "are chosen by cross validation" (Section IV): in each job, on the training part's
+    #: validation carve-out (:mod:`bench.tuning`); ``--set alpha=...`` fixes α, ``--tune`` changes the grid.
+    search: ClassVar[dict[str, tuple]] = {"alpha": (0.1, 0.01, 0.001)}
+    #: Training steps between two gradient probes (:meth:`_probe`).
+    GRAD_PROBE_EVERY: ClassVar[int] = 10
     citation = ("C. Li, C. Liu, L. Duan, P. Gao, K. Zheng. Reconstruction Regularized Deep Metric Learning "
                 "for Multi-label Image Classification. IEEE TNNLS 31(7):2294-2303, 2020")
 
@@ -403,6 +404,7 @@ class RETDM(DeepMethod):
         self.neighbours_, self.neighbour_valid_ = self.nearest_training_labels(self.train_labels_)
         self._neighbours_np = self.neighbours_.cpu().numpy()
         self._valid_np = self.neighbour_valid_.cpu().numpy()
+        self._probe_step, self._probes = 0, {}
 
     def nearest_training_labels(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """N_k of label vectors ``y`` [B, L] among the training examples (indices into the
@@ -446,17 +448,37 @@ class RETDM(DeepMethod):
         """Hook 2: the image path on every image, ψ of its labels and of its neighbours' labels.
 
         Training batches (``model.training``; indices into the training part) take N_k from the
-        table of :meth:`setup` and mark which batch images are neighbours of which (way two);
-        validation batches get the nearest training label vectors of their own labels."""
-        if model.training:
-            index, valid = self.neighbours_[batch.index], self.neighbour_valid_[batch.index]
-        else:
+        table of :meth:`setup`; in the two-way metric stages a batch is A anchors followed by their
+        neighbour slots (:func:`neighbour_batches`): the outputs keep the anchors' rows, and the
+        slots' φ become ``phi_neighbours`` [A, K, E] with ``neighbour_image_mask`` (way two only).
+        Validation batches get the nearest *training* label vectors of their own labels (by label
+        distance; their indices are positions in the validation part, not the training table)."""
+        if not model.training:
             index, valid = self.nearest_training_labels(batch.y)
-        out = model(batch.inputs, y=batch.y, neighbour_labels=self.train_labels_[index])
+            out = model(batch.inputs, y=batch.y, neighbour_labels=self.train_labels_[index])
+            out["neighbour_mask"] = valid
+            return out
+        per_anchor = self._per_anchor() if self._two_way() and self._metric_stage() else 0
+        n_anchors = len(batch.index) // (1 + per_anchor)
+        out = model(batch.inputs, y=batch.y, neighbour_labels=self.train_labels_[self.neighbours_[batch.index]])
+        phi = out["phi"]
+        out = {k: v[:n_anchors] for k, v in out.items()}
+        valid = self.neighbour_valid_[batch.index[:n_anchors]]
         out["neighbour_mask"] = valid
-        if model.training and self._two_way():
-            out["image_mask"] = neighbour_image_mask(index, valid, batch.index)
+        if per_anchor:
+            out["phi_neighbours"] = phi[n_anchors:].reshape(n_anchors, per_anchor, phi.shape[-1])
+            out["neighbour_image_mask"] = neighbour_slots(valid, per_anchor)
         return out
+
+    def training_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Eq. (13) on the batch's anchors (the neighbour rows serve way two only), and every
+        :attr:`GRAD_PROBE_EVERY` steps the gradient probe (:meth:`_probe`)."""
+        with self.autocast():
+            outputs = self.forward_train(self.model_, batch)
+        outputs = full_precision(outputs)
+        total, terms = self.compute_loss(outputs, batch.y[:outputs["logits"].shape[0]])
+        self._probe(outputs, terms)
+        return total, terms
 
     def compute_loss(self, outputs: dict[str, torch.Tensor], y: torch.Tensor
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -468,9 +490,9 @@ class RETDM(DeepMethod):
             metric = way_one = way_one_loss(outputs["phi"], outputs["psi"], outputs["psi_neighbours"],
                                             outputs["neighbour_mask"], self.margin, self.softmax_over)  # Eq. (6)
             terms["way_one"] = way_one
-            if "image_mask" in outputs:
-                way_two = way_two_loss(outputs["phi"], outputs["psi"], outputs["image_mask"], self.margin,
-                                       self.softmax_over)                                      # Eq. (7)
+            if "phi_neighbours" in outputs:
+                way_two = way_two_loss(outputs["psi"], outputs["phi"], outputs["phi_neighbours"],
+                                       outputs["neighbour_image_mask"], self.margin, self.softmax_over)  # Eq. (7)
                 metric = way_one + self.way_two_weight * way_two                               # Eq. (8)
                 terms["way_two"] = way_two
             terms["metric"] = metric
@@ -480,6 +502,34 @@ class RETDM(DeepMethod):
             terms["rec"] = rec
             total = total + self.beta * rec
         return total, terms
+
+    def _probe(self, outputs: dict[str, torch.Tensor], terms: dict[str, torch.Tensor]) -> None:
+        """The gradient of L_cls and of α L_metric on the image path's output φ (the batch's φ and
+        its neighbour images' φ), every :attr:`GRAD_PROBE_EVERY` training steps where the image
+        path trains (the joint stage); β L_rec has none there (it reads ψ only)."""
+        if not (self.alpha and outputs["phi"].requires_grad):
+            return
+        self._probe_step += 1
+        if (self._probe_step - 1) % self.GRAD_PROBE_EVERY:
+            return
+        image = [outputs["phi"], *([outputs["phi_neighbours"]] if "phi_neighbours" in outputs else [])]
+        norms = {}
+        for name, term in (("cls", terms["cls"]), ("metric", self.alpha * terms["metric"])):
+            grads = torch.autograd.grad(term, image, retain_graph=True, allow_unused=True)
+            norms[name] = math.sqrt(sum(float(g.float().pow(2).sum()) for g in grads if g is not None))
+        share = norms["metric"] / max(norms["cls"] + norms["metric"], 1e-12)
+        for key, value in (("grad_phi_cls", norms["cls"]), ("grad_phi_metric", norms["metric"]),
+                           ("grad_share_metric", share)):
+            self._probes.setdefault(key, []).append(value)
+
+    def epoch_callbacks(self):
+        """The epoch's probe means go into its history record (``grad_phi_cls``, ``grad_phi_metric``,
+        ``grad_share_metric`` = metric / (cls + metric))."""
+        def write(record: dict) -> None:
+            record.update({k: float(np.mean(v)) for k, v in self._probes.items()})
+            self._probes = {}
+
+        return [write, *super().epoch_callbacks()]
 
     def classification_stage_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Stage 1: L_cls of the classification path alone (α = β = 0)."""
@@ -513,16 +563,21 @@ class RETDM(DeepMethod):
         return stages
 
     def train_batch_indices(self, n: int, epoch: int) -> list[np.ndarray]:
-        """Hook 7: plain batches in stage 1 (and without way two); anchors followed by images of
-        their neighbours in stages 2 and 3 (:func:`neighbour_batches`)."""
-        # The loop freezes every parameter a stage does not train: the label path trains exactly in
-        # the metric stages (whatever epoch they start at, early stopping included).
-        metric_stage = any(p.requires_grad for m in self.head_.label_path() for p in m.parameters())
-        if not (self._two_way() and metric_stage):
+        """Hook 7: plain batches in stage 1 (and without way two); in the two-way metric stages the
+        same plain batches of anchors, each followed by its anchors' neighbour slots
+        (:func:`neighbour_batches`)."""
+        if not (self._two_way() and self._metric_stage()):
             return super().train_batch_indices(n, epoch)
         rng = np.random.default_rng([int(self.random_state or 0), int(epoch)])
-        per_anchor = int(self.n_neighbours if self.way_two_negatives is None else self.way_two_negatives)
-        return neighbour_batches(self._neighbours_np, self._valid_np, int(self.batch_size), per_anchor, rng)
+        return neighbour_batches(self._neighbours_np, self._valid_np, int(self.batch_size), self._per_anchor(), rng)
+
+    def _metric_stage(self) -> bool:
+        # The loop freezes every parameter a stage does not train: the label path trains exactly in
+        # the metric stages (whatever epoch they start at, early stopping included).
+        return any(p.requires_grad for m in self.head_.label_path() for p in m.parameters())
+
+    def _per_anchor(self) -> int:
+        return int(self.n_neighbours if self.way_two_negatives is None else self.way_two_negatives)
 
     def _stage_epochs(self) -> list[int]:
         if not (self.alpha or self.beta):        # nothing would train the label path: BCE alone
