@@ -120,8 +120,10 @@ def search_for(cls: type, tune: Mapping[str, list], overrides: Mapping[str, obje
     if not grid:
         return {}
     for name, values in grid.items():
-        grid[name] = [_coerced(cls, {name: v}, "--tune" if name in tune or f"{cls.name}.{name}" in tune
-                               else f"method {cls.name!r} search")[name] for v in values]
+        source = "--tune" if name in tune or f"{cls.name}.{name}" in tune else f"method {cls.name!r} search"
+        grid[name] = [_coerced(cls, {name: v}, source)[name] for v in values]
+        if len({repr(v) for v in grid[name]}) != len(values):  # 1 and 1.0 are one value of a float
+            raise BenchError(f"{source} {name}: a value is given twice in {values}")
     return {"grid": grid, "metric": search_metric(cls, params)}
 
 
