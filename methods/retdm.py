@@ -461,7 +461,7 @@ class RETDM(DeepMethod):
         per_anchor = self._per_anchor() if self._two_way() and self._metric_stage() else 0
         n_anchors = len(batch.index) // (1 + per_anchor)
         out = model(batch.inputs, y=batch.y, neighbour_labels=self.train_labels_[self.neighbours_[batch.index]])
-        phi = out["phi"]
+        phi = self._phi_batch = out["phi"]      # every image's φ, the anchors' and the neighbours' (the probe's)
         out = {k: v[:n_anchors] for k, v in out.items()}
         valid = self.neighbour_valid_[batch.index[:n_anchors]]
         out["neighbour_mask"] = valid
@@ -477,7 +477,8 @@ class RETDM(DeepMethod):
             outputs = self.forward_train(self.model_, batch)
         outputs = full_precision(outputs)
         total, terms = self.compute_loss(outputs, batch.y[:outputs["logits"].shape[0]])
-        self._probe(outputs, terms)
+        self._probe(terms)
+        self._phi_batch = None
         return total, terms
 
     def compute_loss(self, outputs: dict[str, torch.Tensor], y: torch.Tensor
@@ -503,20 +504,21 @@ class RETDM(DeepMethod):
             total = total + self.beta * rec
         return total, terms
 
-    def _probe(self, outputs: dict[str, torch.Tensor], terms: dict[str, torch.Tensor]) -> None:
-        """The gradient of L_cls and of α L_metric on the image path's output φ (the batch's φ and
-        its neighbour images' φ), every :attr:`GRAD_PROBE_EVERY` training steps where the image
-        path trains (the joint stage); β L_rec has none there (it reads ψ only)."""
-        if not (self.alpha and outputs["phi"].requires_grad):
+    def _probe(self, terms: dict[str, torch.Tensor]) -> None:
+        """The gradient norms of L_cls and of α L_metric with respect to the image path's output φ
+        of every image of the batch (anchors and neighbour images), every :attr:`GRAD_PROBE_EVERY`
+        training steps where the image path trains (the joint stage); β L_rec has none there (it
+        reads ψ only). Two backward passes through the heads only, not through the CNN."""
+        phi = getattr(self, "_phi_batch", None)
+        if not (self.alpha and phi is not None and phi.requires_grad):
             return
         self._probe_step += 1
         if (self._probe_step - 1) % self.GRAD_PROBE_EVERY:
             return
-        image = [outputs["phi"], *([outputs["phi_neighbours"]] if "phi_neighbours" in outputs else [])]
         norms = {}
         for name, term in (("cls", terms["cls"]), ("metric", self.alpha * terms["metric"])):
-            grads = torch.autograd.grad(term, image, retain_graph=True, allow_unused=True)
-            norms[name] = math.sqrt(sum(float(g.float().pow(2).sum()) for g in grads if g is not None))
+            (grad,) = torch.autograd.grad(term, [phi], retain_graph=True, allow_unused=True)
+            norms[name] = 0.0 if grad is None else float(grad.float().norm())
         share = norms["metric"] / max(norms["cls"] + norms["metric"], 1e-12)
         for key, value in (("grad_phi_cls", norms["cls"]), ("grad_phi_metric", norms["metric"]),
                            ("grad_share_metric", share)):

@@ -278,8 +278,9 @@ def test_the_neighbour_mask_is_honoured_when_fewer_than_k_candidates_exist():
     assert out["neighbour_image_mask"].sum(dim=1).tolist() == [others[i] for i in anchors]
     assert float(method.compute_loss(out, rows.y[:12])[1]["way_two"].detach()) > 0
     valid, rows = valid[anchors], rows.y[:12]
+    out = {k: v.detach() for k, v in out.items()}
     loss = float(method.compute_loss(out, rows)[1]["way_one"])
-    out = {k: v.detach() for k, v in out.items()}                 # empty slots at φ itself: they change nothing
+    # empty slots at φ itself: they change nothing
     out["psi_neighbours"] = torch.where(valid.unsqueeze(-1), out["psi_neighbours"], out["phi"].unsqueeze(1))
     assert float(method.compute_loss(out, rows)[1]["way_one"]) == pytest.approx(loss, rel=1e-6)
     out["neighbour_mask"] = torch.ones_like(valid)                # (and would, if it were not masked)
@@ -339,3 +340,79 @@ def test_bad_settings_are_one_line_errors():
         with pytest.raises(BenchError, match=match):
             retdm(**bad)._check_params()
 
+
+
+# ----------------------------------------------------------------------------- issue 26: guards
+def test_validation_batches_find_neighbours_by_label_distance_to_the_training_table():
+    data = labelled(n=36)
+    method = retdm(**TINY, epochs=1, val_fraction=0.25).fit(data)
+    val = data.subset(np.arange(30, 36))
+    seen = []
+    head = method.head_.label_embed
+    hook = head.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().clone()))
+    try:
+        method.validate(val)
+    finally:
+        hook.remove()
+    Y = method.train_labels_.numpy().astype(int)
+    expected = brute_force_neighbours(val.Y.astype(int), Y, 10)   # by Hamming distance, not by row index
+    neighbour_labels = seen[1]                                      # ψ(y) first, then ψ of the neighbours
+    assert neighbour_labels.shape == (6, 10, 5)
+    for row, nbs in enumerate(expected):
+        assert neighbour_labels[row, :len(nbs)].numpy().astype(int).tolist() == Y[nbs].tolist()
+    assert not torch.equal(neighbour_labels, method.train_labels_[method.neighbours_[:6]])  # own index's
+
+
+def test_the_joint_stage_starts_at_the_stated_learning_rate_and_stage_one_logs_only_bce():
+    method = retdm(**TINY, epochs=6, classification_fraction=0.5, metric_fraction=0.0, lr=0.1, min_lr=0.001,
+                   lr_patience=0, val_fraction=0.2)
+    worse = iter(range(100))
+    method.validate = lambda val: {"val_loss": float(next(worse)), "val_cls": float(next(worse)), "val_mAP": 0.0}
+    method.fit(labelled(n=36))
+    stages = [h["stage"] for h in method.history_]
+    lrs = [h["lr"] for h in method.history_]
+    assert stages == ["classification"] * 3 + ["joint"] * 3
+    assert lrs[:3] == [0.1, 0.1, pytest.approx(0.01)]             # stage 1's plateau schedule cut it
+    assert lrs[3] == 0.1                                           # the joint stage starts at lr again
+    for record in method.history_[:3]:                             # stage 1 trains, and logs, L_cls alone
+        assert {k for k in record if not k.startswith("val_")} == {"epoch", "stage", "lr", "loss", "cls", "time_s"}
+        assert record["loss"] == record["cls"]
+    assert {"way_one", "way_two", "rec", "metric"} <= set(method.history_[3])
+
+
+def test_the_gradient_probe_matches_the_hand_computed_gradient_on_phi():
+    method = retdm(**TINY, alpha=0.5)
+    method._probe_step, method._probes = 0, {}
+    g = torch.Generator().manual_seed(0)
+    phi = torch.randn(4, 3, generator=g, requires_grad=True)
+    W, b = torch.randn(2, 3, generator=g), torch.randn(2, generator=g)
+    y = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    psi, psi_nb = torch.randn(4, 3, generator=g), torch.randn(4, 2, 3, generator=g)
+    outputs = {"logits": phi @ W.T + b, "phi": phi, "psi": psi, "psi_neighbours": psi_nb,
+               "neighbour_mask": torch.ones(4, 2, dtype=torch.bool), "reconstruction": torch.zeros(4, 2)}
+    _, terms = method.compute_loss(outputs, y)
+    method._phi_batch = phi
+    method._probe(terms)
+    z = (phi @ W.T + b).detach()                                  # d mean BCE / d φ = (σ(z) - y) W / (B L)
+    cls = float(((torch.sigmoid(z) - y) @ W / 8).norm())
+    phi_ = phi.detach().clone().requires_grad_(True)              # the metric's by finite autograd on a copy
+    metric = 0.5 * module.way_one_loss(phi_, psi, psi_nb, outputs["neighbour_mask"])
+    metric.backward()
+    got = method._probes
+    assert got["grad_phi_cls"] == [pytest.approx(cls, rel=1e-5)]
+    assert got["grad_phi_metric"] == [pytest.approx(float(phi_.grad.norm()), rel=1e-5)]
+    assert got["grad_share_metric"][0] == pytest.approx(got["grad_phi_metric"][0] / (cls + got["grad_phi_metric"][0]))
+    for _ in range(method.GRAD_PROBE_EVERY - 1):                  # then every GRAD_PROBE_EVERY steps
+        method._probe(terms)
+    assert len(method._probes["grad_phi_cls"]) == 1
+    method._probe(terms)
+    assert len(method._probes["grad_phi_cls"]) == 2
+
+
+def test_the_joint_stage_history_holds_the_gradient_shares():
+    method = retdm(**TINY, epochs=3, classification_fraction=1 / 3, metric_fraction=1 / 3, val_fraction=0.0)
+    method.fit(labelled(n=36))
+    assert not any(k.startswith("grad_") for h in method.history_[:2] for k in h)   # nothing trains φ by L there
+    joint = method.history_[2]
+    assert joint["stage"] == "joint" and 0 < joint["grad_share_metric"] < 1
+    assert joint["grad_phi_cls"] > 0 and joint["grad_phi_metric"] > 0
