@@ -179,3 +179,20 @@ def test_tune_runs_for_br_and_rmlc_and_the_search_is_one_row_with_a_footnote(met
     label = f"{method} (tune {key} in {{{', '.join(map(str, grid))}}} on val "
     assert out.count(label) >= 2                                   # one row (column) and its footnote
     assert "seed 0 fold 0: " in out and "seed 0 fold 1: " in out
+
+
+def test_mlflow_logs_each_folds_choice_and_its_validation_score(tmp_path, monkeypatch):
+    from bench.tracking import Tracker
+
+    monkeypatch.delenv("BENCH_MLFLOW", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert cli.main(["run", "--method", "br", "--dataset", "tiny", "--folds", "2", "--tune", "C=0.001,1.0",
+                     "--no-progress", "--device", "cpu"]) == 0
+    records = {(r["config"]["fold"]): r["search"] for r in stored(tmp_path)}
+    tracker = Tracker.for_results(tmp_path / "results")
+    runs = tracker.client.search_runs([tracker.experiment_id], "tags.`bench.kind` = 'job'")
+    assert len(runs) == 2
+    for run in runs:
+        found = records[int(run.data.params["fold"])]
+        assert float(run.data.params["search.C"]) == found["chosen"]["C"]
+        assert run.data.metrics["search_val_mAP"] == pytest.approx(found["score"])
