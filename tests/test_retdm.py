@@ -265,7 +265,7 @@ def test_the_neighbour_mask_is_honoured_when_fewer_than_k_candidates_exist():
     Y = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1]] * 2, dtype=np.uint8)
     data = MultiLabelData("few", {"a": np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32)}, Y,
                           ("a", "b", "c"))
-    method = retdm(**TINY, epochs=1, n_neighbours=11, val_fraction=0.0).fit(data)
+    method = retdm(**TINY, epochs=1, n_neighbours=11, way_two_negatives=None, val_fraction=0.0).fit(data)
     valid = method.neighbour_valid_
     others = [int((Y != y).any(axis=1).sum()) for y in Y]        # candidates: another label set (8 or 10 < k)
     assert valid.sum(dim=1).tolist() == others and max(others) < 11 and not valid[:, 10].any()
