@@ -81,10 +81,10 @@ Readings where the text leaves room ([choice] of NOTES.md, or ours; all construc
   = 2,816 VGG-16 images of 224 px; at 1 it carries 512. On mnist-mosaic's feature views (fold 0
   of 2, validation carve-out, α = 0.001, batch 32) 1, 2 and all 10 gave validation mAP 0.936,
   0.911 and 0.931: no gain from more. An earlier reading here packed anchors and neighbours into
-  one batch of ``batch_size`` images, which at batch 32 left ~2.3 anchors per batch and gave
-  41 % of an epoch's image slots to 50 popular neighbours, so the classifier trained on a skewed
-  sample in the joint stage (same setting, all 10 neighbours: validation mAP 0.872 then, 0.931
-  with plain batches of anchors).
+  one batch of ``batch_size`` images, which at batch 32 on mnist-mosaic's fold 0 filled an epoch
+  with 698 image slots (896 in a plain one) over 262 distinct images, 49 % of them taken by the 50
+  most frequent, so the classifier trained on a skewed sample in the joint stage (same setting,
+  all 10 neighbours: validation mAP 0.872 then, 0.931 with plain batches of anchors).
 * Batch losses: L_cls (BCE averaged over labels, PyTorch's ``BCELoss``), way one and L_rec (MSE
   averaged over labels) are averaged over the anchors of the batch, way two over the anchors with
   at least one valid neighbour slot. Validation batches hold validation images only, so the
