@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "cores divided among the running jobs)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a hyper-parameter (repeatable; 'method.key=value' scopes it)")
+    run.add_argument("--tune", dest="tune", action="append", default=[], metavar="KEY=V1,V2,...",
+                     help="choose a hyper-parameter inside each job on its training part's validation carve-out "
+                          "(repeatable; 'method.key=...' scopes it; sets or overrides a method's own search, "
+                          "e.g. RETDM's alpha; see README 'In-fold selection')")
     run.add_argument("--paper-defaults", action="store_true",
                      help="leave out the settings a dataset declares for its scale (e.g. mnist-mosaic's small "
                           "CNN and short schedule): every method runs with its paper's defaults")
@@ -294,6 +298,7 @@ def cmd_run(args) -> int:
     from bench.runner import build_jobs, parse_overrides, run_jobs
     from bench.store import ResultStore
     from bench.tables import to_markdown
+    from bench.tuning import parse_tune
 
     if args.method is None:
         raise BenchError("bench run needs --method: a method name (`br`, the binary-relevance baseline, to start), "
@@ -316,7 +321,7 @@ def cmd_run(args) -> int:
         methods, datasets, protocol=args.protocol, n_folds=args.folds, seeds=args.seeds,
         overrides=parse_overrides(args.overrides), data_root=data_root,
         store_root=store_root, strict=args.method.strip() != "all", paper_defaults=args.paper_defaults,
-        feature_extractor=args.feature_extractor, smoke=args.smoke,
+        feature_extractor=args.feature_extractor, smoke=args.smoke, tune=parse_tune(args.tune),
     )
     if not jobs:
         raise BenchError("no job to run: no selected method accepts the selected datasets' views")

@@ -52,6 +52,11 @@ class JobConfig:
         return bool(self.extra.get("smoke", False))
 
     @property
+    def search(self) -> dict:
+        """The in-fold search the job ran (``grid``, ``metric``; :mod:`bench.tuning`); empty: none."""
+        return dict(self.extra.get("search") or {})
+
+    @property
     def base_fingerprint(self) -> str:
         """The fingerprint of the dataset's data alone (derived features add ``+extractor``)."""
         return self.data_fingerprint.split("+", 1)[0]
@@ -132,6 +137,12 @@ class Record:
         return {**out, **self.extra, "format_version": self.schema_version}
 
     # ------------------------------------------------------------------ derived facts
+    @property
+    def search(self) -> dict:
+        """What the job's in-fold search found: every candidate's validation score and ``chosen``
+        (:mod:`bench.tuning`); empty without a search."""
+        return dict(self.extra.get("search") or {})
+
     def result_digest(self) -> str:
         """A digest of what the job measured (metrics, per-label AP, steps, readouts, curves), not
         of when or how fast: a ``--force`` re-run that reproduces a result has the same digest."""

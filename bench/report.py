@@ -45,10 +45,19 @@ def _scale_notes(rows: Iterable[Row]) -> tuple[str, ...]:
                  for settings, labels in sorted(groups.items()))
 
 
+def _search_notes(rows: Iterable[Row]) -> tuple[str, ...]:
+    """The values each searched row chose, per fold (:mod:`bench.tuning`)."""
+    from bench.tuning import chosen_note
+
+    return tuple(chosen_note(row.label, [(r.config.seed, r.config.fold, r.search.get("chosen", {}))
+                                         for r in row.records])
+                 for row in rows if row.search and not row.readout)
+
+
 def _table(results: Results, rows: list[Row], columns: list[str], slug: str, caption: str, **kw) -> Table:
     mean, std, runs = results.cells(rows, columns)
     undefined = results.undefined(rows, columns)
-    return Table(slug, caption, mean, std, runs, undefined, notes=_scale_notes(rows),
+    return Table(slug, caption, mean, std, runs, undefined, notes=_scale_notes(rows) + _search_notes(rows),
                  expected=_expected(results, rows), **kw)
 
 

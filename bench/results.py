@@ -115,11 +115,14 @@ class Row:
     records: tuple[Record, ...] = field(repr=False)
     label: str = ""
     smoke: bool = False
+    search: dict = field(default_factory=dict)  # the in-fold search (bench.tuning): part of the row
 
     @property
     def key(self) -> tuple:
         key = (self.method, _json(self.params), self.readout, self.dataset, self.fingerprint,
                self.protocol, self.n_folds)
+        if self.search:  # rows without a search keep their ids
+            key = (*key, "search", _json(self.search))
         return (*key, "smoke") if self.smoke else key  # real rows keep their ids
 
     @property
@@ -137,6 +140,10 @@ class Row:
         text = self.method
         if self.overrides:
             text += f" ({', '.join(f'{k}={v}' for k, v in sorted(self.overrides.items()))})"
+        if self.search:
+            from bench.tuning import search_label
+
+            text += f" ({search_label(self.search)})"
         if self.smoke:
             text += " (smoke)"
         return f"{text}:{self.readout}" if self.readout else text
@@ -155,7 +162,8 @@ def _row_of(record: Record, readout: str, family: str) -> Row:
     cfg = record.config
     params = identity_params(cfg.params) if cfg.params is not None else dict(record.overrides)
     return Row(cfg.method, readout, cfg.dataset, cfg.data_fingerprint, cfg.protocol, int(cfg.n_folds),
-               params, dict(record.overrides), dict(cfg.scale_defaults), family, (), smoke=cfg.smoke)
+               params, dict(record.overrides), dict(cfg.scale_defaults), family, (), smoke=cfg.smoke,
+               search=cfg.search)
 
 
 def rows_of(records: Iterable[Record], families: Mapping[str, str] | None = None) -> list[Row]:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import backends, image_features, params, plugins
+from bench import backends, image_features, params, plugins, tuning
 from bench.api import EXECUTION_PARAMS, Method, NoClassMaps
 from bench.backends import resolve_device  # noqa: F401  (part of the runner's interface)
 from bench.data import MultiLabelData
@@ -78,6 +78,7 @@ class Job:
     threads: int = 0  # the thread limit the job runs under (0: the cores of this machine)
     views_file: str = ""  # derived feature views extracted by the orchestrator (image_features)
     smoke: bool = False  # bench run --smoke: a tiny schedule (bench.params.SMOKE_SCHEDULE), not a result
+    search: dict = field(default_factory=dict)  # the in-fold search (bench.tuning; {}: none)
     # Where the worker finds plug-ins: the orchestrator's BENCH_PLUGIN_PATH (not part of the identity).
     plugin_path: str = field(default_factory=lambda: os.environ.get("BENCH_PLUGIN_PATH", ""))
     config: dict = field(init=False)
@@ -100,6 +101,8 @@ class Job:
             config["scale_defaults"] = dict(self.scale_defaults)
         if self.smoke:  # likewise absent for real jobs; a smoke job never shares a real one's id
             config["smoke"] = True
+        if self.search:  # the search is the row's identity, not the values it chooses (bench.tuning)
+            config["search"] = self.search
         digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=repr).encode()).hexdigest()
         object.__setattr__(self, "config", config)
         object.__setattr__(self, "job_id", digest[:16])
@@ -200,15 +203,17 @@ def execute(job: Job, device: str) -> tuple[dict, dict[str, np.ndarray]]:
     process stores them)."""
     part = _JobPart.of(job, device)
     with backends.thread_limits(job.threads or backends.threads_per_job(1)) as threads:
-        def fit(job_params):
-            method = part.cls(**job_params)
-            seed_everything(job.split.seed)
-            return [method.fit(part.train)]
+        searched = {}
+
+        def fit(job_params):  # with a search: each candidate on the training part's carve-out
+            method, searched["record"] = tuning.fit(part.cls, job_params, part.train, job.search,
+                                                    lambda: seed_everything(job.split.seed))
+            return [method]
 
         t0 = time.perf_counter()
         (method,), params_used = _fit_retrying_oom([job], part.params, fit)
         fit_s = time.perf_counter() - t0
-        return part.finish(method, {"fit_s": fit_s}, threads, params_used)
+        return part.finish(method, {"fit_s": fit_s}, threads, params_used, searched.get("record"))
 
 
 def execute_folds(jobs: Sequence[Job], device: str) -> list[tuple[dict, dict[str, np.ndarray]]]:
@@ -261,7 +266,7 @@ class _JobPart:
             job_params["device"] = device
         return cls(job, method_cls, data, train, test, job_params, _empty_label_notes(job, data, train), device)
 
-    def finish(self, method: Method, timings: dict, threads: dict, params_used: dict
+    def finish(self, method: Method, timings: dict, threads: dict, params_used: dict, search: dict | None = None
                ) -> tuple[dict, dict[str, np.ndarray]]:
         """Predict, evaluate and build the record and arrays of the fitted ``method``."""
         job, test, name = self.job, self.test, self.job.method
@@ -300,6 +305,8 @@ class _JobPart:
         }
         if changed:
             record["fitted_with"] = changed
+        if search is not None:  # every candidate's validation score and the choice (bench.tuning)
+            record["search"] = search
         arrays = {"test_index": job.split.test, "scores": scores.astype(np.float32), "y_pred": y_pred}
         if readouts:  # other readouts of the same fitted model, thresholded like predict's default
             record["readouts"] = {k: _evaluated(evaluate(test.Y, s, (s >= method.threshold).astype(np.uint8),
@@ -457,16 +464,18 @@ def build_jobs(
     methods: list[str], datasets: list[str], *, protocol: str | None, n_folds: int,
     seeds: tuple[int, ...] | None, overrides: dict, data_root: Path, store_root: Path,
     strict: bool = True, paper_defaults: bool = False, feature_extractor: str | None = None,
-    smoke: bool = False,
+    smoke: bool = False, tune: dict | None = None,
 ) -> list[Job]:
     """Every job of the grid, each hyper-parameter checked before any job runs.
 
     An incompatible (method, dataset) pair, or a method whose file fails to import, is an error
     when ``strict``, else skipped with a warning (``--method all`` over mixed datasets). A dataset's ``scale_defaults`` apply unless
     ``paper_defaults``; ``feature_extractor`` (``"resnet101@448"``) chooses the frozen CNN of
-    derived feature views; ``smoke`` makes smoke jobs (:data:`bench.params.SMOKE_SCHEDULE`)."""
+    derived feature views; ``smoke`` makes smoke jobs (:data:`bench.params.SMOKE_SCHEDULE`);
+    ``tune`` (``--tune``) adds to or overrides the methods' own in-fold searches (:mod:`bench.tuning`)."""
     classes = _method_classes(methods, strict)
     params.check_override_keys(overrides, classes)
+    tuning.check_tune_keys(tune or {}, classes)
     extractor = image_features.Extractor.parse(feature_extractor) if feature_extractor else None
     jobs = []
     for ds_name in datasets:
@@ -488,6 +497,13 @@ def build_jobs(
                 continue
             resolved = params.resolve(cls, overrides, scale, smoke)
             params.validate(cls, resolved, ds_name, data, n_train)
+            search = tuning.search_for(cls, tune or {}, overrides)
+            for candidate in tuning.candidates(search.get("grid", {})):  # every candidate, before any job
+                try:
+                    params.validate(cls, replace(resolved, params={**resolved.params, **candidate}), ds_name,
+                                    data, n_train)
+                except BenchError as exc:
+                    raise BenchError(f"search candidate {candidate} of method {cls.name!r}: {exc}") from None
             for split in splits:
                 job_params = resolved.params
                 if "random_state" in job_params:
@@ -495,7 +511,7 @@ def build_jobs(
                 jobs.append(Job(cls.name, ds_name, job_params, resolved.overrides, split,
                                 image_features.job_fingerprint(fingerprint, views_from), str(data_root),
                                 str(store_root), resolved.scale_defaults, paper_defaults, str(views_from or ""),
-                                smoke=smoke))
+                                smoke=smoke, search=search))
     return jobs
 
 
@@ -575,7 +591,7 @@ def group_jobs(pending: list[Job], stack: bool) -> list[tuple[Job, ...]]:
     groups: dict[str, list[Job]] = {}
     for job in pending:
         key = job.job_id
-        if supports_stacking(plugins.get("methods", job.method)):
+        if not job.search and supports_stacking(plugins.get("methods", job.method)):  # a search fits one fold
             key = json.dumps([{k: v for k, v in job.config.items() if k not in ("fold", "split_hash")},
                               job.data_root, job.extractor], sort_keys=True, default=repr)
         groups.setdefault(key, []).append(job)

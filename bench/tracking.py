@@ -330,7 +330,12 @@ class Tracker:
         run_id = run.info.run_id
         params = {"fold": cfg.fold, "seed": cfg.seed, "n_train": record.n_train, "n_test": record.n_test,
                   **{k: v for k, v in (cfg.params or {}).items() if k not in row.params}}
-        self._batch(run_id, params=params, metrics=child_metrics(record), timestamp=end)  # one call per job
+        metrics = child_metrics(record)
+        if found := record.search:  # the in-fold search (bench.tuning): the values chosen and their score
+            params.update({f"search.{k}": v for k, v in (found.get("chosen") or {}).items()})
+            if isinstance(found.get("score"), int | float) and math.isfinite(found["score"]):
+                metrics.append((f"search_val_{found.get('metric', '')}", float(found["score"]), 0))
+        self._batch(run_id, params=params, metrics=metrics, timestamp=end)  # one call per job
         self.client.log_inputs(run_id, [dataset_input(cfg.dataset, cfg.data_fingerprint)])
         if record.per_label_ap is not None and record.label_names:
             self.client.log_dict(run_id, dict(zip(record.label_names, record.per_label_ap, strict=False)),

@@ -72,7 +72,8 @@ def time_steps(method, loss_fn, params, index_batches, Y, size, device) -> float
     optimizer = method._optimizer(params)
     side = size["image_size"]
     labels = torch.as_tensor(Y, dtype=torch.float32, device=device)
-    images = torch.randint(0, 256, (size["batch_size"], 3, side, side), dtype=torch.uint8, device=device)
+    largest = max(len(b) for b in index_batches)          # the joint stage's: anchors + neighbour images
+    images = torch.randint(0, 256, (largest, 3, side, side), dtype=torch.uint8, device=device)
     method.model_.train()
     n_images, start = 0, None
     for step, idx in enumerate(index_batches[:size["warmup"] + size["steps"]]):
@@ -98,7 +99,7 @@ def measure(device: str, quick: bool) -> list[dict]:
     joint_batches = []
     while len(joint_batches) < n_steps:                     # RETDM's sampler: anchors + neighbour images
         joint_batches += _retdm_module().neighbour_batches(method._neighbours_np, method._valid_np,
-                                                           size["batch_size"], 10, rng)
+                                                           size["batch_size"], method._per_anchor(), rng)
     plain = [rng.permutation(len(Y))[:size["batch_size"]] for _ in range(n_steps)]
     image = [p for m in method._image_modules() for p in m.parameters()]
     label = [p for m in method.head_.label_path() for p in m.parameters()]
@@ -110,7 +111,8 @@ def measure(device: str, quick: bool) -> list[dict]:
     search = _time_search(size, dev)
     where = f"{size['backbone']} {size['image_size']} px, batch {size['batch_size']}"
     return [
-        {"figure": f"joint stage step ({where})", "value": joint, "unit": "images/s", "target": None},
+        {"figure": f"joint stage step ({where} anchors + {method._per_anchor()} neighbour image(s) each)",
+         "value": joint, "unit": "images/s", "target": None},
         {"figure": f"classification stage step ({where})", "value": bce, "unit": "images/s", "target": None},
         {"figure": "joint / classification step time", "value": bce / joint, "unit": "x", "target": None},
         {"figure": f"peak memory, joint step ({where})", "value": peak, "unit": "GiB", "target": None},

@@ -31,18 +31,25 @@ The model (names as in the paper; code in :class:`RETDMHead` and the loss functi
   the penalty on a true distance not below a neighbour's (:func:`pair_softmax_hinge`).
 * Eq. (7), way two (:func:`way_two_loss`): the same with ψ(y_i) as the anchor and φ(x_j) of the
   images x_j of the neighbours j ∈ N_k(i) as the negatives. Those images come into the batch
-  through the sampler (:meth:`RETDM.train_batch_indices`, :func:`neighbour_batches`): each batch
-  of the metric stages is built of anchors, each followed by ``way_two_negatives`` of its
-  neighbours' images, so every anchor meets its neighbour images in its own batch (not only by
-  luck). Any example of the batch whose neighbour images are present gets the term (anchors
-  always do); it is averaged over those.
+  through the sampler (:meth:`RETDM.train_batch_indices`, :func:`neighbour_batches`): in the
+  two-way metric stages a batch is ``batch_size`` anchors, cut from a plain permutation of the
+  training part exactly as stage 1 and the BCE ablation cut theirs, followed by
+  ``way_two_negatives`` neighbour images per anchor (a random subset of its N_k, drawn afresh
+  each epoch; an anchor with fewer valid neighbours has its remaining slots masked out). L_cls,
+  way one and L_rec are computed on the anchors only, way two on the anchors against their own
+  neighbour images; the neighbour images pass through the image path (their φ) for way two alone.
 * Eq. (8): L_metric = L_1 + λ L_2 with λ = 1 (``way_two_weight``; "we simply set" it).
 * Eq. (9)-(10): the classification module, one FC layer on φ and a sigmoid per label, binary
   cross-entropy (:func:`classification_loss`); its sigmoid outputs are the prediction.
 * Eq. (11)-(12): the reconstruction module, one FC layer from ψ(y) back to y, mean squared error
   (:func:`reconstruction_loss`).
-* Eq. (13): L = L_cls + α L_metric + β L_rec, α = β = 1 (``alpha``, ``beta``; the paper chose
-  them by cross-validation, Fig. 5 shows their sensitivity: sweep them with ``--set``).
+* Eq. (13): L = L_cls + α L_metric + β L_rec (``alpha``, ``beta``). The paper chooses α and β "by
+  cross validation" and reports insensitivity over wide ranges (Fig. 5): here α is chosen inside
+  each job on the training part's validation carve-out (the class's ``search``, α ∈ {0.1, 0.01,
+  0.001} on validation mAP; :mod:`bench.tuning`), never on a test fold; β = 1 (L_rec reaches the
+  prediction only through ψ's effect on the metric; README, RETDM, has the validation numbers).
+  ``--set alpha=1.0`` runs a fixed α (no search), ``--tune alpha=...,beta=...`` another grid.
+  The constructor defaults α = β = 1 are what a fixed run uses.
 * Training scheme (Section III, end): (1) fine-tune the classification path alone
   (θ_cnn, θ_cls; α = β = 0); (2) fix θ_cnn, θ_cls and train the label net and metric module
   (θ_dnn, θ_rec) with L; (3) fine-tune everything jointly with L: three :class:`~bench.training.Stage` s
@@ -67,16 +74,27 @@ Readings where the text leaves room ([choice] of NOTES.md, or ours; all construc
   one another, and their k images); True: k distinct label sets, each represented by its
   lowest-index training example (on data with few labels, e.g. scene's 5, the example-level
   neighbours are mostly copies of one or two label sets).
-* ``way_two_negatives=None``: how many neighbour images per anchor the sampler adds (None: all
-  ``n_neighbours``, the full softmax of Eq. 7); an epoch of the metric stages has as many batches
-  of ``batch_size`` images as an epoch of plain batches (anchors: a fresh permutation, as many as
-  fill them), so RETDM, its one-way form and BCE see the same number of images per epoch.
-  Neighbours drawn for an anchor are a random subset when fewer than its neighbours are asked.
+* ``way_two_negatives=1``: how many neighbour images per anchor the sampler adds (None: all
+  ``n_neighbours``, the full softmax of Eq. 7 over k images). The paper does not say how its
+  batches held the neighbour images. Each one adds a plain batch's worth of images to the image
+  path's work in the metric stages: at None a joint step at the paper's size would carry 256 x 11
+  = 2,816 VGG-16 images of 224 px; at 1 it carries 512. On mnist-mosaic's feature views (fold 0
+  of 2, validation carve-out, α = 0.001, batch 32) 1, 2 and all 10 gave validation mAP 0.936,
+  0.911 and 0.931: no gain from more. An earlier reading here packed anchors and neighbours into
+  one batch of ``batch_size`` images, which at batch 32 on mnist-mosaic's fold 0 filled an epoch
+  with 698 image slots (896 in a plain one) over 262 distinct images, 49 % of them taken by the 50
+  most frequent, so the classifier trained on a skewed sample in the joint stage (same setting,
+  all 10 neighbours: validation mAP 0.872 then, 0.931 with plain batches of anchors).
 * Batch losses: L_cls (BCE averaged over labels, PyTorch's ``BCELoss``), way one and L_rec (MSE
-  averaged over labels) are averaged over every image of the batch, way two over the images whose
-  neighbour images are in the batch. Validation batches hold validation images only, so the
+  averaged over labels) are averaged over the anchors of the batch, way two over the anchors with
+  at least one valid neighbour slot. Validation batches hold validation images only, so the
   validation loss has no way-two term (its negatives are training images); its way-one
   neighbours are the nearest *training* label vectors of each validation label vector.
+* Gradient probe: every ``GRAD_PROBE_EVERY`` (10) training steps of the joint stage, the norms of
+  the gradients of L_cls and of α L_metric with respect to φ of the batch's images (the image
+  path's output; two backward passes through the heads) go into the epoch's history as means:
+  ``grad_phi_cls``, ``grad_phi_metric`` and ``grad_share_metric`` = metric / (cls + metric), so a
+  run shows when one term swamps the other (β L_rec has no gradient on φ).
 * Stage epochs: ``classification_fraction=0.3`` and ``metric_fraction=0.2`` of ``epochs`` for
   stages 1 and 2, the rest for stage 3 (largest-remainder rounding, so they sum to ``epochs``; a
   stage of 0 epochs is skipped); ``epochs=30`` in all ("converges after about 20 epochs", Fig. 6).
@@ -108,13 +126,16 @@ Ablations (registered, ``ablation_of = "retdm"``)
   module alone (``alpha=beta=0``), trained as stage 1 for all ``epochs``.
 
 On the default ``mnist-mosaic`` the dataset's scale defaults give a small CNN from scratch at the
-native 56 px and 10 epochs (stages of 3, 2 and 5 epochs); ``--set inputs=features`` trains on its
-feature views instead (README, RETDM).
+native 56 px, and to RETDM and its ablations (``retdm.``-scoped settings) batches of 32 (the
+paper's 256 leave a fold's ~900 training images 4 steps per epoch) and 20 epochs (stages of 6, 4
+and 10; at 10 the image path learnt from scratch is still far from trained); ``--set
+inputs=features`` trains on its feature views instead (README, RETDM).
 """
 
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -127,7 +148,7 @@ from bench.deep import DeepMethod
 from bench.errors import BenchError
 from bench.image import ImageTransform
 from bench.tokens import TokenEncoder
-from bench.training import Batch, Stage
+from bench.training import Batch, Stage, full_precision
 
 IMAGE_POOLS = ("auto", "vgg", "mean", "flatten")
 SOFTMAX_OVER = ("distances", "similarities")
@@ -174,36 +195,30 @@ def candidate_pool(Y: np.ndarray, distinct: bool = False) -> np.ndarray:
 
 def neighbour_batches(neighbours: np.ndarray, valid: np.ndarray, batch_size: int, per_anchor: int,
                       rng: np.random.Generator) -> list[np.ndarray]:
-    """One epoch of the metric stages: batches of at most ``batch_size`` distinct examples, each
-    built of anchors (a permutation) followed by ``per_anchor`` of their neighbours, as many
-    batches as a plain epoch has (⌈n / batch_size⌉)."""
-    n = len(neighbours)
-    n_batches = math.ceil(n / batch_size)
-    batches: list[np.ndarray] = []
-    current: list[int] = []
-    members: set[int] = set()
-    for anchor in rng.permutation(n):
-        candidates = neighbours[anchor][valid[anchor]]
-        if per_anchor < len(candidates):
-            candidates = rng.choice(candidates, per_anchor, replace=False)
-        group = list(dict.fromkeys([int(anchor), *map(int, candidates)]))[:batch_size]
-        fresh = [i for i in group if i not in members]
-        if len(current) + len(fresh) > batch_size:
-            batches.append(np.asarray(current, dtype=np.int64))
-            if len(batches) == n_batches:
-                return batches
-            current, members, fresh = [], set(), group
-        current.extend(fresh)
-        members.update(fresh)
-    if current and len(batches) < n_batches:
-        batches.append(np.asarray(current, dtype=np.int64))
+    """One epoch of the metric stages: a plain permutation of the training part cut into batches of
+    ``batch_size`` anchors (as stage 1 and BCE see it), each batch followed by ``per_anchor``
+    neighbour slots per anchor, anchor a's at rows ``A + a * per_anchor + j`` (A anchors): a random
+    subset of its valid neighbours, padded with the anchor's own index where it has fewer (those
+    slots are masked out by :func:`neighbour_slots`). Only way two reads the neighbour rows."""
+    batches = []
+    order = rng.permutation(len(neighbours))
+    for start in range(0, len(order), batch_size):
+        anchors = order[start:start + batch_size]
+        slots = np.repeat(anchors[:, None], per_anchor, axis=1)
+        for a, anchor in enumerate(anchors):
+            candidates = neighbours[anchor][valid[anchor]]
+            if per_anchor < len(candidates):
+                candidates = rng.choice(candidates, per_anchor, replace=False)
+            slots[a, :len(candidates)] = candidates
+        batches.append(np.concatenate([anchors, slots.reshape(-1)]).astype(np.int64))
     return batches
 
 
-def neighbour_image_mask(neighbours: torch.Tensor, valid: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """[B, B] bool: entry (a, b) says the image in row b of the batch is one of row a's neighbours."""
-    hit = (neighbours.unsqueeze(-1) == index.view(1, 1, -1)) & valid.unsqueeze(-1)   # [B, k, B]
-    return hit.any(dim=1)
+def neighbour_slots(valid: torch.Tensor, per_anchor: int) -> torch.Tensor:
+    """[A, per_anchor] bool: which neighbour slots of :func:`neighbour_batches` hold a neighbour
+    (the first min(per_anchor, valid neighbours of the anchor) of each row)."""
+    count = valid.sum(dim=1, keepdim=True).clamp(max=per_anchor)
+    return torch.arange(per_anchor, device=valid.device).unsqueeze(0) < count
 
 
 # ----------------------------------------------------------------------------- network
@@ -292,12 +307,13 @@ def way_one_loss(phi: torch.Tensor, psi: torch.Tensor, psi_neighbours: torch.Ten
     return pair_softmax_hinge(d2_true, d2_neg, mask, margin, softmax_over)
 
 
-def way_two_loss(phi: torch.Tensor, psi: torch.Tensor, image_mask: torch.Tensor, margin: float = 0.0,
-                 softmax_over: str = "distances") -> torch.Tensor:
-    """Eq. (7): anchor ψ(y_i), true φ(x_i), negatives φ(x_j) of the batch images of its neighbours
-    (``image_mask`` [B, B], :func:`neighbour_image_mask`)."""
-    d2 = (psi.unsqueeze(1) - phi.unsqueeze(0)).pow(2).sum(-1)           # d²(x_b, y_a) [a, b]
-    return pair_softmax_hinge(d2.diagonal(), d2, image_mask, margin, softmax_over)
+def way_two_loss(psi: torch.Tensor, phi: torch.Tensor, phi_neighbours: torch.Tensor, mask: torch.Tensor,
+                 margin: float = 0.0, softmax_over: str = "distances") -> torch.Tensor:
+    """Eq. (7): anchor ψ(y_i), true φ(x_i), negatives φ(x_j) [B, K, E] of images of its neighbours
+    j ∈ N_k(i) (the sampler's neighbour slots, ``mask`` [B, K] the filled ones)."""
+    d2_true = (psi - phi).pow(2).sum(-1)
+    d2_neg = (psi.unsqueeze(1) - phi_neighbours).pow(2).sum(-1)
+    return pair_softmax_hinge(d2_true, d2_neg, mask, margin, softmax_over)
 
 
 def classification_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -330,6 +346,11 @@ class RETDM(DeepMethod):
     """RETDM (Li et al., IEEE TNNLS 2020): see the module docstring for the equations and readings."""
 
     name = "retdm"
+    #: α and β "are chosen by cross validation" (Section IV): in each job, on the training part's
+    #: validation carve-out (:mod:`bench.tuning`); ``--set alpha=...`` fixes α, ``--tune`` changes the grid.
+    search: ClassVar[dict[str, tuple]] = {"alpha": (0.1, 0.01, 0.001)}
+    #: Training steps between two gradient probes (:meth:`_probe`).
+    GRAD_PROBE_EVERY: ClassVar[int] = 10
     citation = ("C. Li, C. Liu, L. Duan, P. Gao, K. Zheng. Reconstruction Regularized Deep Metric Learning "
                 "for Multi-label Image Classification. IEEE TNNLS 31(7):2294-2303, 2020")
 
@@ -337,7 +358,7 @@ class RETDM(DeepMethod):
                  resize: int | None = 256, five_crop: int | None = 240, flip: bool = True, inputs: str = "auto",
                  width: int | None = None, image_pool: str = "auto", fc_width: int = 4096, dropout: float = 0.5,
                  embed_dim: int = 512, label_hidden: int = 512, n_neighbours: int = 10,
-                 distinct_neighbours: bool = False, way_two_negatives: int | None = None,
+                 distinct_neighbours: bool = False, way_two_negatives: int | None = 1,
                  alpha: float = 1.0, beta: float = 1.0, way_two_weight: float = 1.0, margin: float = 0.0,
                  softmax_over: str = "distances", classification_fraction: float = 0.3,
                  metric_fraction: float = 0.2, epochs: int = 30, batch_size: int = 256, lr: float = 0.1,
@@ -403,6 +424,7 @@ class RETDM(DeepMethod):
         self.neighbours_, self.neighbour_valid_ = self.nearest_training_labels(self.train_labels_)
         self._neighbours_np = self.neighbours_.cpu().numpy()
         self._valid_np = self.neighbour_valid_.cpu().numpy()
+        self._probe_step, self._probes = 0, {}
 
     def nearest_training_labels(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """N_k of label vectors ``y`` [B, L] among the training examples (indices into the
@@ -446,17 +468,38 @@ class RETDM(DeepMethod):
         """Hook 2: the image path on every image, ψ of its labels and of its neighbours' labels.
 
         Training batches (``model.training``; indices into the training part) take N_k from the
-        table of :meth:`setup` and mark which batch images are neighbours of which (way two);
-        validation batches get the nearest training label vectors of their own labels."""
-        if model.training:
-            index, valid = self.neighbours_[batch.index], self.neighbour_valid_[batch.index]
-        else:
+        table of :meth:`setup`; in the two-way metric stages a batch is A anchors followed by their
+        neighbour slots (:func:`neighbour_batches`): the outputs keep the anchors' rows, and the
+        slots' φ become ``phi_neighbours`` [A, K, E] with ``neighbour_image_mask`` (way two only).
+        Validation batches get the nearest *training* label vectors of their own labels (by label
+        distance; their indices are positions in the validation part, not the training table)."""
+        if not model.training:
             index, valid = self.nearest_training_labels(batch.y)
-        out = model(batch.inputs, y=batch.y, neighbour_labels=self.train_labels_[index])
+            out = model(batch.inputs, y=batch.y, neighbour_labels=self.train_labels_[index])
+            out["neighbour_mask"] = valid
+            return out
+        per_anchor = self._per_anchor() if self._two_way() and self._metric_stage() else 0
+        n_anchors = len(batch.index) // (1 + per_anchor)
+        out = model(batch.inputs, y=batch.y, neighbour_labels=self.train_labels_[self.neighbours_[batch.index]])
+        phi = self._phi_batch = out["phi"]      # every image's φ, the anchors' and the neighbours' (the probe's)
+        out = {k: v[:n_anchors] for k, v in out.items()}
+        valid = self.neighbour_valid_[batch.index[:n_anchors]]
         out["neighbour_mask"] = valid
-        if model.training and self._two_way():
-            out["image_mask"] = neighbour_image_mask(index, valid, batch.index)
+        if per_anchor:
+            out["phi_neighbours"] = phi[n_anchors:].reshape(n_anchors, per_anchor, phi.shape[-1])
+            out["neighbour_image_mask"] = neighbour_slots(valid, per_anchor)
         return out
+
+    def training_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Eq. (13) on the batch's anchors (the neighbour rows serve way two only), and every
+        :attr:`GRAD_PROBE_EVERY` steps the gradient probe (:meth:`_probe`)."""
+        with self.autocast():
+            outputs = self.forward_train(self.model_, batch)
+        outputs = full_precision(outputs)
+        total, terms = self.compute_loss(outputs, batch.y[:outputs["logits"].shape[0]])
+        self._probe(terms)
+        self._phi_batch = None
+        return total, terms
 
     def compute_loss(self, outputs: dict[str, torch.Tensor], y: torch.Tensor
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -468,9 +511,9 @@ class RETDM(DeepMethod):
             metric = way_one = way_one_loss(outputs["phi"], outputs["psi"], outputs["psi_neighbours"],
                                             outputs["neighbour_mask"], self.margin, self.softmax_over)  # Eq. (6)
             terms["way_one"] = way_one
-            if "image_mask" in outputs:
-                way_two = way_two_loss(outputs["phi"], outputs["psi"], outputs["image_mask"], self.margin,
-                                       self.softmax_over)                                      # Eq. (7)
+            if "phi_neighbours" in outputs:
+                way_two = way_two_loss(outputs["psi"], outputs["phi"], outputs["phi_neighbours"],
+                                       outputs["neighbour_image_mask"], self.margin, self.softmax_over)  # Eq. (7)
                 metric = way_one + self.way_two_weight * way_two                               # Eq. (8)
                 terms["way_two"] = way_two
             terms["metric"] = metric
@@ -480,6 +523,35 @@ class RETDM(DeepMethod):
             terms["rec"] = rec
             total = total + self.beta * rec
         return total, terms
+
+    def _probe(self, terms: dict[str, torch.Tensor]) -> None:
+        """The gradient norms of L_cls and of α L_metric with respect to the image path's output φ
+        of every image of the batch (anchors and neighbour images), every :attr:`GRAD_PROBE_EVERY`
+        training steps where the image path trains (the joint stage); β L_rec has none there (it
+        reads ψ only). Two backward passes through the heads only, not through the CNN."""
+        phi = getattr(self, "_phi_batch", None)
+        if not (self.alpha and phi is not None and phi.requires_grad):
+            return
+        self._probe_step += 1
+        if (self._probe_step - 1) % self.GRAD_PROBE_EVERY:
+            return
+        norms = {}
+        for name, term in (("cls", terms["cls"]), ("metric", self.alpha * terms["metric"])):
+            (grad,) = torch.autograd.grad(term, [phi], retain_graph=True, allow_unused=True)
+            norms[name] = 0.0 if grad is None else float(grad.float().norm())
+        share = norms["metric"] / max(norms["cls"] + norms["metric"], 1e-12)
+        for key, value in (("grad_phi_cls", norms["cls"]), ("grad_phi_metric", norms["metric"]),
+                           ("grad_share_metric", share)):
+            self._probes.setdefault(key, []).append(value)
+
+    def epoch_callbacks(self):
+        """The epoch's probe means go into its history record (``grad_phi_cls``, ``grad_phi_metric``,
+        ``grad_share_metric`` = metric / (cls + metric))."""
+        def write(record: dict) -> None:
+            record.update({k: float(np.mean(v)) for k, v in self._probes.items()})
+            self._probes = {}
+
+        return [write, *super().epoch_callbacks()]
 
     def classification_stage_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Stage 1: L_cls of the classification path alone (α = β = 0)."""
@@ -513,16 +585,21 @@ class RETDM(DeepMethod):
         return stages
 
     def train_batch_indices(self, n: int, epoch: int) -> list[np.ndarray]:
-        """Hook 7: plain batches in stage 1 (and without way two); anchors followed by images of
-        their neighbours in stages 2 and 3 (:func:`neighbour_batches`)."""
-        # The loop freezes every parameter a stage does not train: the label path trains exactly in
-        # the metric stages (whatever epoch they start at, early stopping included).
-        metric_stage = any(p.requires_grad for m in self.head_.label_path() for p in m.parameters())
-        if not (self._two_way() and metric_stage):
+        """Hook 7: plain batches in stage 1 (and without way two); in the two-way metric stages the
+        same plain batches of anchors, each followed by its anchors' neighbour slots
+        (:func:`neighbour_batches`)."""
+        if not (self._two_way() and self._metric_stage()):
             return super().train_batch_indices(n, epoch)
         rng = np.random.default_rng([int(self.random_state or 0), int(epoch)])
-        per_anchor = int(self.n_neighbours if self.way_two_negatives is None else self.way_two_negatives)
-        return neighbour_batches(self._neighbours_np, self._valid_np, int(self.batch_size), per_anchor, rng)
+        return neighbour_batches(self._neighbours_np, self._valid_np, int(self.batch_size), self._per_anchor(), rng)
+
+    def _metric_stage(self) -> bool:
+        # The loop freezes every parameter a stage does not train: the label path trains exactly in
+        # the metric stages (whatever epoch they start at, early stopping included).
+        return any(p.requires_grad for m in self.head_.label_path() for p in m.parameters())
+
+    def _per_anchor(self) -> int:
+        return int(self.n_neighbours if self.way_two_negatives is None else self.way_two_negatives)
 
     def _stage_epochs(self) -> list[int]:
         if not (self.alpha or self.beta):        # nothing would train the label path: BCE alone

@@ -128,36 +128,31 @@ def test_way_one_is_the_softmax_nll_of_the_true_pair_plus_the_hinge(softmax_over
     assert float(got) == pytest.approx(loop_pair_loss(d2_true, d2_neg, mask.numpy(), margin, softmax_over), rel=1e-9)
 
 
-def test_way_two_takes_the_label_anchor_against_its_neighbours_images_in_the_batch():
-    phi, psi, _, _ = tiny_batch(seed=3)
-    index = torch.tensor([7, 2, 9, 4, 5])                         # training indices of the batch rows
-    neighbours = torch.tensor([[2, 9, 30], [7, 31, 32], [33, 34, 35], [5, 2, 7], [36, 4, 2]])
-    valid = torch.tensor([[True, True, True], [True, True, False], [True, True, True], [True, True, True],
-                          [True, False, True]])
-    image_mask = module.neighbour_image_mask(neighbours, valid, index)
-    expected_mask = [[index[b] in [n for n, ok in zip(neighbours[a], valid[a], strict=True) if ok] for b in range(5)]
-                     for a in range(5)]
-    assert image_mask.tolist() == expected_mask
-    got = module.way_two_loss(phi, psi, image_mask, 0.0, "distances")
+def test_way_two_takes_the_label_anchor_against_its_neighbours_images():
+    phi, psi, _, mask = tiny_batch(seed=3)
+    g = torch.Generator().manual_seed(4)
+    phi_nb = torch.randn(5, 3, 4, generator=g, dtype=torch.float64)   # φ of each anchor's neighbour slots
+    got = module.way_two_loss(psi, phi, phi_nb, mask, 0.0, "distances")
     values = []
     for a in range(5):                                            # anchor ψ(y_a), true φ(x_a)
-        negs = [b for b in range(5) if expected_mask[a][b]]
+        negs = [phi_nb[a, j] for j in range(3) if mask[a, j]]
         if not negs:
             continue
-        d2 = [float(((psi[a] - phi[b]) ** 2).sum()) for b in [a, *negs]]
+        d2 = [float(((psi[a] - x) ** 2).sum()) for x in [phi[a], *negs]]
         nll = -(-d2[0] - math.log(sum(math.exp(-d) for d in d2)))
         values.append(nll + sum(max(0.0, math.sqrt(d2[0]) - math.sqrt(d)) for d in d2[1:]))
-    assert len(values) == 4 and float(got) == pytest.approx(sum(values) / len(values), rel=1e-9)
+    assert len(values) == int(mask.any(dim=1).sum()) and float(got) == pytest.approx(sum(values) / len(values),
+                                                                                     rel=1e-9)
 
 
 def test_the_total_loss_is_bce_plus_alpha_metric_plus_beta_reconstruction():
     phi, psi, psi_nb, mask = tiny_batch(seed=5)
     y = torch.tensor([[1, 0, 1], [0, 0, 1], [1, 1, 0], [0, 1, 0], [1, 0, 0]], dtype=torch.float64)
     logits, rec = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
-    image_mask = torch.rand(5, 5) < 0.4
-    image_mask.fill_diagonal_(False)
+    phi_nb = torch.randn(5, 2, 4, dtype=torch.float64)
+    image_mask = torch.rand(5, 2) < 0.6
     outputs = {"logits": logits, "phi": phi, "psi": psi, "psi_neighbours": psi_nb, "neighbour_mask": mask,
-               "reconstruction": rec, "image_mask": image_mask}
+               "reconstruction": rec, "phi_neighbours": phi_nb, "neighbour_image_mask": image_mask}
     alpha, beta, lam = 0.7, 1.3, 0.4
     total, terms = retdm(alpha=alpha, beta=beta, way_two_weight=lam).compute_loss(outputs, y)
     p = torch.sigmoid(logits)
@@ -165,12 +160,12 @@ def test_the_total_loss_is_bce_plus_alpha_metric_plus_beta_reconstruction():
                          for i in range(5) for c in range(3)]))
     mse = float(np.mean([(rec[i, c] - y[i, c]) ** 2 for i in range(5) for c in range(3)]))
     one = float(module.way_one_loss(phi, psi, psi_nb, mask))
-    two = float(module.way_two_loss(phi, psi, image_mask))
+    two = float(module.way_two_loss(psi, phi, phi_nb, image_mask))
     assert float(terms["cls"]) == pytest.approx(bce, rel=1e-9)
     assert float(terms["rec"]) == pytest.approx(mse, rel=1e-9)
     assert float(terms["metric"]) == pytest.approx(one + lam * two, rel=1e-9)            # Eq. (8)
     assert float(total) == pytest.approx(bce + alpha * (one + lam * two) + beta * mse, rel=1e-9)  # Eq. (13)
-    no_images = {k: v for k, v in outputs.items() if k != "image_mask"}   # validation: no way two
+    no_images = {k: v for k, v in outputs.items() if k != "phi_neighbours"}   # validation: no way two
     _, terms = retdm().compute_loss(no_images, y)
     assert "way_two" not in terms and float(terms["metric"]) == pytest.approx(one, rel=1e-9)
     total, terms = retdm(alpha=0.0, beta=0.0).compute_loss(outputs, y)     # the BCE ablation
@@ -212,7 +207,7 @@ class Recording:
     def forward_train(self, model, batch):
         out = super().forward_train(model, batch)
         if model.training:
-            self.masks.append((batch.index.numpy().copy(), out.get("image_mask")))
+            self.masks.append((batch.index.numpy().copy(), out.get("neighbour_image_mask")))
         return out
 
 
@@ -241,30 +236,55 @@ def test_the_three_stages_freeze_what_they_do_not_train_bit_for_bit():
     assert all(p.requires_grad for p in method.model_.parameters())
 
 
-def test_the_sampler_puts_each_anchors_neighbour_images_in_its_batch():
+def test_the_sampler_keeps_plain_batches_of_anchors_and_adds_their_neighbour_images_for_way_two():
     data = labelled(n=40)
     method = recording()(**{**TINY, "batch_size": 16}, epochs=2, classification_fraction=0.5, metric_fraction=0.0,
-                       n_neighbours=4, val_fraction=0.0)
+                       n_neighbours=4, way_two_negatives=2, val_fraction=0.0)
     method.fit(data)
-    n_plain = math.ceil(40 / 16)
     stage1, stage3 = method.epoch_batches
     assert sorted(np.concatenate(stage1)) == list(range(40))      # stage 1: a plain permutation
-    assert len(stage3) == n_plain and all(len(b) <= 16 and len(set(b)) == len(b) for b in stage3)
     neighbours, valid = method.neighbours_.numpy(), method.neighbour_valid_.numpy()
-    assert [idx.tolist() for idx, _ in method.masks] == [b.tolist() for b in stage3]
-    complete = 0
-    for batch, (_, mask) in zip(stage3, method.masks, strict=True):
-        members = set(batch.tolist())
-        for a, i in enumerate(batch):          # the way-two mask marks exactly the neighbours present
-            nb = set(neighbours[i][valid[i]].tolist())
-            complete += nb <= members
-            assert mask[a].tolist() == [j in nb for j in batch.tolist()]
-    assert complete >= len(stage3) * (16 // 5)   # at least batch_size // (1 + k) anchors with all of them
-    rng = np.random.default_rng(0)             # the sampler alone, 2 of the 4 neighbours per anchor
-    batches = module.neighbour_batches(neighbours, valid, 16, 2, rng)
-    assert len(batches) == n_plain and all(len(b) <= 16 for b in batches)
-    for batch in batches:                      # the first row is an anchor, then 2 of its neighbours
-        assert len(set(batch[1:3]) & set(neighbours[batch[0]][valid[batch[0]]])) == 2
+    sizes = [16, 16, 8]                                           # ⌈40 / 16⌉ batches of anchors, as stage 1
+    assert [len(b) for b in stage3] == [3 * s for s in sizes]     # each anchor followed by 2 slots
+    anchors = [b[:s] for b, s in zip(stage3, sizes, strict=True)]
+    assert sorted(np.concatenate(anchors)) == list(range(40))     # every example is an anchor once
+    for batch, size in zip(stage3, sizes, strict=True):
+        for a, i in enumerate(batch[:size]):
+            slots = batch[size + 2 * a: size + 2 * a + 2]
+            own = set(neighbours[i][valid[i]].tolist())
+            filled = min(2, len(own))
+            assert set(slots[:filled].tolist()) <= own and len(set(slots[:filled].tolist())) == filled
+            assert all(j == i for j in slots[filled:])            # padding: the anchor itself, masked
+    for (index, mask), batch, size in zip(method.masks, stage3, sizes, strict=True):
+        assert index.tolist() == batch.tolist()
+        expected = [[j < min(2, int(valid[i].sum())) for j in range(2)] for i in batch[:size]]
+        assert mask.tolist() == expected
+
+
+def test_the_neighbour_mask_is_honoured_when_fewer_than_k_candidates_exist():
+    Y = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1]] * 2, dtype=np.uint8)
+    data = MultiLabelData("few", {"a": np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32)}, Y,
+                          ("a", "b", "c"))
+    method = retdm(**TINY, epochs=1, n_neighbours=11, way_two_negatives=None, val_fraction=0.0).fit(data)
+    valid = method.neighbour_valid_
+    others = [int((Y != y).any(axis=1).sum()) for y in Y]        # candidates: another label set (8 or 10 < k)
+    assert valid.sum(dim=1).tolist() == others and max(others) < 11 and not valid[:, 10].any()
+    (index,) = method.train_batch_indices(12, 1)                  # a joint-stage batch: 12 anchors, 11 slots each
+    rows = next(method._source(data, train=True).batches([index]))
+    method.model_.train()
+    out = method.forward_train(method.model_, rows)
+    anchors = index[:12]
+    assert torch.equal(out["neighbour_mask"], valid[anchors])
+    assert out["neighbour_image_mask"].sum(dim=1).tolist() == [others[i] for i in anchors]
+    assert float(method.compute_loss(out, rows.y[:12])[1]["way_two"].detach()) > 0
+    valid, rows = valid[anchors], rows.y[:12]
+    out = {k: v.detach() for k, v in out.items()}
+    loss = float(method.compute_loss(out, rows)[1]["way_one"])
+    # empty slots at φ itself: they change nothing
+    out["psi_neighbours"] = torch.where(valid.unsqueeze(-1), out["psi_neighbours"], out["phi"].unsqueeze(1))
+    assert float(method.compute_loss(out, rows)[1]["way_one"]) == pytest.approx(loss, rel=1e-6)
+    out["neighbour_mask"] = torch.ones_like(valid)                # (and would, if it were not masked)
+    assert float(method.compute_loss(out, rows)[1]["way_one"]) != pytest.approx(loss, rel=1e-3)
 
 
 def test_one_way_and_bce_train_on_plain_batches():
@@ -320,3 +340,79 @@ def test_bad_settings_are_one_line_errors():
         with pytest.raises(BenchError, match=match):
             retdm(**bad)._check_params()
 
+
+
+# ----------------------------------------------------------------------------- issue 26: guards
+def test_validation_batches_find_neighbours_by_label_distance_to_the_training_table():
+    data = labelled(n=36)
+    method = retdm(**TINY, epochs=1, val_fraction=0.25).fit(data)
+    val = data.subset(np.arange(30, 36))
+    seen = []
+    head = method.head_.label_embed
+    hook = head.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().clone()))
+    try:
+        method.validate(val)
+    finally:
+        hook.remove()
+    Y = method.train_labels_.numpy().astype(int)
+    expected = brute_force_neighbours(val.Y.astype(int), Y, 10)   # by Hamming distance, not by row index
+    neighbour_labels = seen[1]                                      # ψ(y) first, then ψ of the neighbours
+    assert neighbour_labels.shape == (6, 10, 5)
+    for row, nbs in enumerate(expected):
+        assert neighbour_labels[row, :len(nbs)].numpy().astype(int).tolist() == Y[nbs].tolist()
+    assert not torch.equal(neighbour_labels, method.train_labels_[method.neighbours_[:6]])  # own index's
+
+
+def test_the_joint_stage_starts_at_the_stated_learning_rate_and_stage_one_logs_only_bce():
+    method = retdm(**TINY, epochs=6, classification_fraction=0.5, metric_fraction=0.0, lr=0.1, min_lr=0.001,
+                   lr_patience=0, val_fraction=0.2)
+    worse = iter(range(100))
+    method.validate = lambda val: {"val_loss": float(next(worse)), "val_cls": float(next(worse)), "val_mAP": 0.0}
+    method.fit(labelled(n=36))
+    stages = [h["stage"] for h in method.history_]
+    lrs = [h["lr"] for h in method.history_]
+    assert stages == ["classification"] * 3 + ["joint"] * 3
+    assert lrs[:3] == [0.1, 0.1, pytest.approx(0.01)]             # stage 1's plateau schedule cut it
+    assert lrs[3] == 0.1                                           # the joint stage starts at lr again
+    for record in method.history_[:3]:                             # stage 1 trains, and logs, L_cls alone
+        assert {k for k in record if not k.startswith("val_")} == {"epoch", "stage", "lr", "loss", "cls", "time_s"}
+        assert record["loss"] == record["cls"]
+    assert {"way_one", "way_two", "rec", "metric"} <= set(method.history_[3])
+
+
+def test_the_gradient_probe_matches_the_hand_computed_gradient_on_phi():
+    method = retdm(**TINY, alpha=0.5)
+    method._probe_step, method._probes = 0, {}
+    g = torch.Generator().manual_seed(0)
+    phi = torch.randn(4, 3, generator=g, requires_grad=True)
+    W, b = torch.randn(2, 3, generator=g), torch.randn(2, generator=g)
+    y = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    psi, psi_nb = torch.randn(4, 3, generator=g), torch.randn(4, 2, 3, generator=g)
+    outputs = {"logits": phi @ W.T + b, "phi": phi, "psi": psi, "psi_neighbours": psi_nb,
+               "neighbour_mask": torch.ones(4, 2, dtype=torch.bool), "reconstruction": torch.zeros(4, 2)}
+    _, terms = method.compute_loss(outputs, y)
+    method._phi_batch = phi
+    method._probe(terms)
+    z = (phi @ W.T + b).detach()                                  # d mean BCE / d φ = (σ(z) - y) W / (B L)
+    cls = float(((torch.sigmoid(z) - y) @ W / 8).norm())
+    phi_ = phi.detach().clone().requires_grad_(True)              # the metric's by finite autograd on a copy
+    metric = 0.5 * module.way_one_loss(phi_, psi, psi_nb, outputs["neighbour_mask"])
+    metric.backward()
+    got = method._probes
+    assert got["grad_phi_cls"] == [pytest.approx(cls, rel=1e-5)]
+    assert got["grad_phi_metric"] == [pytest.approx(float(phi_.grad.norm()), rel=1e-5)]
+    assert got["grad_share_metric"][0] == pytest.approx(got["grad_phi_metric"][0] / (cls + got["grad_phi_metric"][0]))
+    for _ in range(method.GRAD_PROBE_EVERY - 1):                  # then every GRAD_PROBE_EVERY steps
+        method._probe(terms)
+    assert len(method._probes["grad_phi_cls"]) == 1
+    method._probe(terms)
+    assert len(method._probes["grad_phi_cls"]) == 2
+
+
+def test_the_joint_stage_history_holds_the_gradient_shares():
+    method = retdm(**TINY, epochs=3, classification_fraction=1 / 3, metric_fraction=1 / 3, val_fraction=0.0)
+    method.fit(labelled(n=36))
+    assert not any(k.startswith("grad_") for h in method.history_[:2] for k in h)   # nothing trains φ by L there
+    joint = method.history_[2]
+    assert joint["stage"] == "joint" and 0 < joint["grad_share_metric"] < 1
+    assert joint["grad_phi_cls"] > 0 and joint["grad_phi_metric"] > 0
