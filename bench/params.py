@@ -68,19 +68,25 @@ def parse_value(raw: str):
         return raw
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, object]:
-    """``["lr=0.01", "rmlc.hidden=128", "pretrained=false"]`` -> ``{"lr": 0.01, ...}``; a key
-    given twice is an error (which one was meant?)."""
-    out: dict[str, object] = {}
+def split_pairs(pairs: list[str], option: str = "--set", form: str = "key=value") -> dict[str, str]:
+    """``["lr=0.01", "rmlc.hidden=128"]`` -> ``{"lr": "0.01", ...}`` (values unparsed) for an option
+    given as ``key=...`` pairs (``--set``, ``--tune``); a malformed pair or a key given twice is an
+    error (which one was meant?)."""
+    out: dict[str, str] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise BenchError(f"--set expects key=value, got {pair!r}")
+            raise BenchError(f"{option} expects {form}, got {pair!r}")
         if key in out:
-            raise BenchError(f"--set {key} is given twice")
-        out[key] = parse_value(raw)
+            raise BenchError(f"{option} {key} is given twice")
+        out[key] = raw
     return out
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, object]:
+    """``["lr=0.01", "rmlc.hidden=128", "pretrained=false"]`` -> ``{"lr": 0.01, ...}``."""
+    return {key: parse_value(raw) for key, raw in split_pairs(pairs).items()}
 
 
 # ----------------------------------------------------------------------------- resolution
@@ -165,20 +171,23 @@ def resolve_params(cls: type, overrides: dict, scale_defaults: dict | None = Non
 
 
 # ----------------------------------------------------------------------------- validation
-def check_override_keys(overrides: dict, classes: list[type]) -> None:
-    """Every ``--set`` key must name a hyper-parameter of a selected method (of that method, when
-    scoped as ``method.key``), so a typo never silently runs the defaults."""
-    params = {cls.name: set(defaults(cls)) for cls in classes}
+def check_override_keys(overrides: dict, classes: list[type], option: str = "--set",
+                        excluded: frozenset = frozenset()) -> None:
+    """Every ``--set`` key (or ``--tune`` key, with ``option``) must name a hyper-parameter of a
+    selected method (of that method, when scoped as ``method.key``), so a typo never silently runs
+    the defaults; the ``excluded`` names (those a search may not vary) count as absent."""
+    what = "tunable hyper-parameter" if excluded else "hyper-parameter"
+    params = {cls.name: set(defaults(cls)) - excluded for cls in classes}
     for key in overrides:
         scope, _, name = key.rpartition(".")
         if scope and scope not in params:
-            raise BenchError(f"--set {key}: method {scope!r} is not among the selected ({', '.join(params)})")
+            raise BenchError(f"{option} {key}: method {scope!r} is not among the selected ({', '.join(params)})")
         if scope and name not in params[scope]:
-            raise BenchError(f"--set {key}: method {scope!r} has no hyper-parameter {name!r}; "
+            raise BenchError(f"{option} {key}: method {scope!r} has no {what} {name!r}; "
                              f"it has: {', '.join(sorted(params[scope]))}")
         if not scope and not any(name in p for p in params.values()):
             known = sorted(set().union(*params.values()))
-            raise BenchError(f"--set {key}: no selected method has a hyper-parameter {name!r}; known: {', '.join(known)}")
+            raise BenchError(f"{option} {key}: no selected method has a {what} {name!r}; known: {', '.join(known)}")
 
 
 def validate(cls: type, resolved: Resolved, dataset: str = "", data=None, n_train: int | None = None) -> None:

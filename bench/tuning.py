@@ -68,16 +68,10 @@ DEFAULT_METRIC = "mAP"
 def parse_tune(pairs: list[str]) -> dict[str, list]:
     """``["alpha=0.1,0.01", "retdm.beta=1,0"]`` -> ``{"alpha": [0.1, 0.01], ...}``: each value parsed
     like a ``--set`` value; an empty grid, a repeated value or a key given twice is an error."""
-    from bench.params import parse_value
+    from bench.params import parse_value, split_pairs
 
     out: dict[str, list] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise BenchError(f"--tune expects key=v1,v2,..., got {pair!r}")
-        if key in out:
-            raise BenchError(f"--tune {key} is given twice")
+    for key, raw in split_pairs(pairs, "--tune", "key=v1,v2,...").items():
         values = [parse_value(v) for v in raw.split(",") if v.strip()]
         if not values:
             raise BenchError(f"--tune {key}: the grid is empty; expected key=v1,v2,...")
@@ -91,19 +85,9 @@ def check_tune_keys(tune: Mapping[str, list], classes: list[type]) -> None:
     """Every ``--tune`` key must name a hyper-parameter of a selected method (of that method when
     scoped), as ``--set`` keys must; the execution parameters (device, ...) are not tunable."""
     from bench.api import EXECUTION_PARAMS, PER_RUN_PARAMS
-    from bench.params import defaults
+    from bench.params import check_override_keys
 
-    params = {cls.name: set(defaults(cls)) - EXECUTION_PARAMS - PER_RUN_PARAMS for cls in classes}
-    for key in tune:
-        scope, _, name = key.rpartition(".")
-        if scope and scope not in params:
-            raise BenchError(f"--tune {key}: method {scope!r} is not among the selected ({', '.join(params)})")
-        if scope and name not in params[scope]:
-            raise BenchError(f"--tune {key}: method {scope!r} has no tunable hyper-parameter {name!r}; "
-                             f"it has: {', '.join(sorted(params[scope]))}")
-        if not scope and not any(name in p for p in params.values()):
-            raise BenchError(f"--tune {key}: no selected method has a tunable hyper-parameter {name!r}; "
-                             f"known: {', '.join(sorted(set().union(*params.values())))}")
+    check_override_keys(dict(tune), classes, "--tune", EXECUTION_PARAMS | PER_RUN_PARAMS)
 
 
 def search_for(cls: type, tune: Mapping[str, list], overrides: Mapping[str, object]) -> dict:
