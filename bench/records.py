@@ -189,7 +189,6 @@ def _is_number(value) -> bool:
 
 
 # --------------------------------------------------------------------------- the schema's types
-_NUMBER = (int, float)
 #: The JSON type of each field a record may hold (None is allowed where a field may be absent).
 FIELD_TYPES = {
     "job_id": str, "config": dict, "metrics": dict, "overrides": dict, "per_label_ap": list, "undefined": dict,
@@ -211,7 +210,7 @@ def check_types(raw: dict) -> None:
         _check_fields(raw["config"], CONFIG_TYPES, "config.")
     _check_numbers(raw.get("metrics"), "metrics")
     for i, value in enumerate(raw.get("per_label_ap") or []):
-        if value is not None and not _is_json_number(value):
+        if value is not None and not _is_number(value):
             raise ValueError(f"per_label_ap[{i}] must be a number or null, got {_json_type(value)}")
     for name in ("history", "step_metrics"):
         for i, entry in enumerate(raw.get(name) or []):
@@ -230,19 +229,15 @@ def _check_fields(raw: dict, types: dict, prefix: str) -> None:
         value = raw.get(name)
         if value is None:
             continue
-        ok = _is_json_number(value) and float(value).is_integer() if kind is int else isinstance(value, kind)
+        ok = _is_number(value) and float(value).is_integer() if kind is int else isinstance(value, kind)
         if not ok or (kind is int and isinstance(value, bool)):
             raise ValueError(f"{prefix}{name} must be {_TYPE_WORDS[kind]}, got {_json_type(value)}")
 
 
 def _check_numbers(values, where: str) -> None:
     for key, value in (values or {}).items():
-        if value is not None and not _is_json_number(value):
+        if value is not None and not _is_number(value):
             raise ValueError(f"{where}.{key} must be a number or null, got {_json_type(value)}")
-
-
-def _is_json_number(value) -> bool:
-    return isinstance(value, _NUMBER) and not isinstance(value, bool)
 
 
 _TYPE_WORDS = {str: "a string", dict: "an object", list: "an array", int: "an integer"}
