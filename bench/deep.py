@@ -546,7 +546,7 @@ class DeepMethod(Method):
             else:
                 native = native_size(view)
                 transform = self.train_transform(native) if train else self.test_transform(native)
-                source = _ImageSource(view, data.Y, transform, int(self.random_state or 0), self.device_,
+                source = ImageSource(view, data.Y, transform, int(self.random_state or 0), self.device_,
                                       self.param("num_workers"))
         if cache is not None:
             cache[key] = (data, source)  # holding data keeps its id unique while cached
@@ -554,7 +554,7 @@ class DeepMethod(Method):
 
     def _extract_maps(self, view) -> np.ndarray:
         """The frozen backbone's maps of ``view``'s images (test transform, float32, eval mode)."""
-        source = _ImageSource(view, np.zeros((len(view), 0), np.float32), self.test_transform(native_size(view)), 0,
+        source = ImageSource(view, np.zeros((len(view), 0), np.float32), self.test_transform(native_size(view)), 0,
                               self.device_, self.param("num_workers"))
         encoder = self.encoder_
         chunks = []
@@ -599,7 +599,7 @@ class _MapSource:
             yield Batch(x, self.Y[idx].to(self.device), idx.to(self.device))
 
 
-class _ImageSource:
+class ImageSource:
     """A DataLoader over the images (decoding and augmentation in workers) fed the index batches."""
 
     def __init__(self, view, Y: np.ndarray, transform: ImageTransform, seed: int, device: torch.device,

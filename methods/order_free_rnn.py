@@ -146,7 +146,7 @@ from torch import nn
 from bench.api import NoClassMaps, ablation_init
 from bench.backbones import Backbone, build_backbone
 from bench.data import IMAGE, MultiLabelData
-from bench.deep import DeepMethod, TokenNetwork
+from bench.deep import DeepMethod, ImageSource, TokenNetwork
 from bench.errors import BenchError
 from bench.image import native_size
 from bench.metrics import evaluate
@@ -622,7 +622,6 @@ class OrderFreeRNN(DeepMethod):
         + FC head trained with BCE on the training part (the validation part already carved out;
         the training augmentation, Adam at ``lr``), then frozen again; its maps are cached under
         its trained weights."""
-        from bench.deep import _ImageSource
         from bench.feature_cache import SpatialFeatureCache
         from bench.training import LoopConfig, train_loop
 
@@ -632,7 +631,7 @@ class OrderFreeRNN(DeepMethod):
         network = _CNNClassifier(backbone, backbone.out_channels, self.n_labels_).to(self.device_)
         backbone.requires_grad_(True)
         native = native_size(train.image_view)
-        source = _ImageSource(train.image_view, train.Y, self.train_transform(native), int(self.random_state or 0),
+        source = ImageSource(train.image_view, train.Y, self.train_transform(native), int(self.random_state or 0),
                               self.device_, self.param("num_workers"))
 
         def loss(batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

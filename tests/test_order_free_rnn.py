@@ -531,8 +531,8 @@ def test_the_optional_first_stage_trains_the_cnn_on_the_training_part_then_freez
 
     data = mosaic(40)
     seen = []
-    real = deep._ImageSource.batches
-    monkeypatch.setattr(deep._ImageSource, "batches", lambda self, idx: seen.append(len(np.concatenate(idx))) or real(self, idx))
+    real = deep.ImageSource.batches
+    monkeypatch.setattr(deep.ImageSource, "batches", lambda self, idx: seen.append(len(np.concatenate(idx))) or real(self, idx))
     plain = fitted(data, val_fraction=0.25)
     seen.clear()
     method = fitted(data, val_fraction=0.25, cnn_epochs=2)
