@@ -27,6 +27,16 @@ EXECUTION_PARAMS = frozenset({"device", "num_workers", "verbose"})
 PER_RUN_PARAMS = frozenset({"random_state"})
 
 
+#: The methods a method class defines to have its folds trained together (:mod:`bench.stacked`).
+STACKED_HOOKS = ("stacked_module", "stacked_inputs", "stacked_update")
+
+
+def supports_stacking(cls) -> bool:
+    """Whether a method class declares the stacked-folds hooks. Here, with the plug-in contract,
+    because the plan (:func:`bench.jobs.group_jobs`) asks it without importing torch."""
+    return all(callable(getattr(cls, hook, None)) for hook in STACKED_HOOKS)
+
+
 class NoClassMaps(BenchError):
     """Raised by ``class_maps`` when the fitted model gives no class maps (see :class:`Method`)."""
 

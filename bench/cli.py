@@ -16,22 +16,11 @@ from pathlib import Path
 
 from bench import image_features, plugins
 from bench.errors import BenchError
+from bench.folders import default_data_root, default_reports, default_results
 
 DEFAULT_DATASET = "mnist-mosaic"
 DISTRIBUTION = "bench-multilabel"  # the name pyproject.toml installs the package under
 log = logging.getLogger("bench")
-
-
-def default_data_root() -> Path:
-    return Path(os.environ.get("BENCH_DATA_ROOT") or plugins.project_root() / "data")
-
-
-def default_results() -> Path:
-    return Path(os.environ.get("BENCH_RESULTS") or plugins.project_root() / "results")
-
-
-def default_reports() -> Path:
-    return Path(os.environ.get("BENCH_REPORTS") or plugins.project_root() / "reports")
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -77,7 +66,7 @@ class VersionAction(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         import importlib.metadata
 
-        from bench.runner import code_version
+        from bench.environment import code_version
 
         try:
             package = importlib.metadata.version(DISTRIBUTION)
@@ -226,9 +215,7 @@ def cmd_list(args) -> int:
 
 def _dataset_status(name: str, cls: type, root: Path) -> str:
     if cls.embedded:
-        from bench.runner import load_dataset
-
-        return load_dataset(name, str(root)).summary()
+        return plugins.load_dataset(name, str(root)).summary()
     if cls().is_available(root):  # not loaded here: reading COCO's annotations takes a while
         return "files present under the data root"
     hint = f"`bench fetch {name}`" if _fetchable(cls) else "README 'Datasets on disk'"
@@ -294,8 +281,10 @@ def _present(names: list[str], root: Path) -> list[str]:
 
 def cmd_run(args) -> int:
     from bench import results as results_layer
+    from bench.jobs import build_jobs
+    from bench.params import parse_overrides
     from bench.report import build_tables, write_reports
-    from bench.runner import build_jobs, parse_overrides, run_jobs
+    from bench.runner import run_jobs
     from bench.store import ResultStore
     from bench.tables import to_markdown
     from bench.tuning import parse_tune
@@ -306,7 +295,7 @@ def cmd_run(args) -> int:
     if args.address is not None and args.backend != "ray":
         raise BenchError(f"--address {args.address} names a Ray cluster: it needs --backend ray")
     if args.backend == "ray":
-        from bench import ray_backend
+        from bench.backends import ray as ray_backend
 
         ray_backend._ray()  # installed?
         ray_backend.check_address(args.address)
@@ -403,7 +392,7 @@ def _print_table_extras(args, tables) -> None:
 
 def cmd_fetch(args) -> int:
     from bench.fetch import fetch
-    from bench.runner import load_dataset
+    from bench.plugins import load_dataset
 
     root = args.data_root or default_data_root()
     for folder in fetch(args.dataset, root):

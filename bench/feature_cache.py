@@ -38,6 +38,7 @@ import torch
 
 from bench.data import ImageView
 from bench.errors import BenchError
+from bench.folders import default_results
 from bench.store import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,6 @@ def default_cache_root() -> Path:
     """``$BENCH_CACHE``, else ``<results store>/_cache`` (the pooled features' cache lives there too)."""
     if os.environ.get("BENCH_CACHE"):
         return Path(os.environ["BENCH_CACHE"])
-    from bench.cli import default_results
-
     return default_results() / "_cache"
 
 

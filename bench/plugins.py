@@ -35,6 +35,7 @@ import os
 import sys
 from pathlib import Path
 
+from bench.data import MultiLabelData
 from bench.errors import BenchError, one_line
 
 log = logging.getLogger(__name__)
@@ -392,6 +393,16 @@ def info(kind: str, name: str) -> Plugin:
 def get(kind: str, name: str) -> type:
     """The plug-in class ``name``; its file is imported now if it was not before."""
     return info(kind, name).load()
+
+
+@functools.lru_cache(maxsize=2)
+def load_dataset(name: str, data_root: str) -> MultiLabelData:
+    """The dataset plug-in ``name``'s data under ``data_root``, loaded once per process (a worker
+    runs many folds of the same dataset; the plan, the worker and the results layer all read it)."""
+    data = get("datasets", name)().load(Path(data_root))
+    if not isinstance(data, MultiLabelData):
+        raise BenchError(f"dataset plug-in {name!r} returned {type(data).__name__}, expected MultiLabelData")
+    return data
 
 
 def resolve_names(kind: str, spec: str) -> list[str]:

@@ -294,7 +294,7 @@ def _read_fingerprint(dataset: str, data_root: Path | None) -> str | None:
     cls = _dataset_class(dataset)
     if cls is None or data_root is None:
         return None
-    from bench.runner import load_dataset
+    from bench.plugins import load_dataset
 
     try:
         if not (cls.embedded or cls().is_available(Path(data_root))):

@@ -41,8 +41,8 @@ later batch whose active folds are the same: one launch per batch. The stacked b
 shape (padded and masked) is what makes one capture serve every batch. A batch with another set
 of active folds runs eagerly; when a fold stops, the graph is captured again for the folds left.
 
-The runner uses this for a method's fold jobs that differ only in their fold
-(:func:`bench.runner.group_jobs`): automatically on CUDA, on demand elsewhere (``bench run
+The plan groups a method's fold jobs that differ only in their fold (:func:`bench.jobs.group_jobs`)
+and the worker trains them here (:func:`bench.worker.execute_folds`): automatically on CUDA, on demand elsewhere (``bench run
 --stack-folds on``); each fold still gets its own record.
 """
 
@@ -56,6 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench.api import supports_stacking  # the entry point the plan uses, defined without torch
 from bench.data import MultiLabelData
 from bench.errors import BenchError
 from bench.torch_utils import EarlyStopping
@@ -63,11 +64,6 @@ from bench.training import higher_is_better
 
 #: Eager batches before a CUDA graph is captured (lazy initialisations must happen outside capture).
 GRAPH_WARMUP_BATCHES = 3
-
-
-def supports_stacking(cls) -> bool:
-    """Whether a method class declares the stacked-folds hooks (see the module docstring)."""
-    return all(callable(getattr(cls, hook, None)) for hook in ("stacked_module", "stacked_inputs", "stacked_update"))
 
 
 def check_supported(method) -> None:

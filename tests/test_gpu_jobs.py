@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from bench import backends, plugins
+from bench import plugins
+from bench.backends import devices as backends
 from bench.runner import build_jobs, run_jobs
 
 # A method that runs out of GPU memory above MAX_BATCH (torch.cuda.OutOfMemoryError, raised on the

@@ -20,7 +20,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from bench import ray_backend  # noqa: E402
+from bench.backends import ray as ray_backend  # noqa: E402
 from bench.runner import build_jobs, run_jobs  # noqa: E402
 from bench.store import ResultStore  # noqa: E402
 

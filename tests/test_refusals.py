@@ -165,7 +165,7 @@ def test_a_ray_address_that_cannot_serve_is_refused_at_once(argv, message, capsy
 def test_ray_s_retry_warnings_are_held_back_unless_the_connection_succeeds(capfd):
     """A port that answers but is not Ray's: Ray's client writes a warning to fd 2 each second for
     20 s before it gives up; they are not shown beside the one error line."""
-    from bench import ray_backend
+    from bench.backends import ray as ray_backend
 
     with pytest.raises(RuntimeError), ray_backend._stderr_held(True):
         os.write(2, b"W gcs_client.cc: Failed to get cluster ID\n")

@@ -208,7 +208,7 @@ def test_every_job_runs_under_recorded_thread_limits(tmp_path, isolated, monkeyp
     import torch
     from threadpoolctl import threadpool_info
 
-    from bench.backends import available_cores
+    from bench.backends.devices import available_cores
 
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))  # other processes' work
     (isolated / "methods" / "probe.py").write_text(PROBE_METHOD)
@@ -292,7 +292,7 @@ def test_reused_worker_processes_read_the_plugins_of_the_current_run(tmp_path, i
     (16, 0.2, 1, 16), (16, 3.4, 2, 6), (16, 40.0, 4, 1), (2, 0.4, 1, 2), (2, 0.6, 1, 1), (2, 5.0, 2, 1),
 ])
 def test_threads_per_job_divides_the_idle_cores_among_running_jobs(monkeypatch, cores, load, running, expected):
-    from bench import backends
+    from bench.backends import devices as backends
 
     monkeypatch.setattr(backends, "available_cores", lambda: cores)
     monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))

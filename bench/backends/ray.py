@@ -26,6 +26,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 
+from bench.backends import devices
 from bench.errors import BenchError, one_line
 
 #: Times Ray re-runs a task whose worker process died.
@@ -103,9 +104,7 @@ def dispatch(tasks: list, run: Callable, *, device: str, on_result: Callable, ad
             raise BenchError(f"--backend ray: cannot reach a Ray cluster at {address or 'a new local one'}: "
                              f"{one_line(exc)}") from exc
     try:
-        from bench import backends
-
-        gpu_mb = max(backends.gpu_inventory().values(), default=ASSUMED_GPU_MB)
+        gpu_mb = max(devices.gpu_inventory().values(), default=ASSUMED_GPU_MB)
         remote = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(_run_on_ray)
         pending = {}
         for task in tasks:

@@ -1,5 +1,5 @@
-"""Where jobs run: in this process or in joblib's worker processes, under explicit thread limits,
-each holding one device.
+"""What a task runs on: the machine's cores and GPUs, the thread limits of each job, and the device
+each running task holds (an inventory, a pool shared with the workers, leases).
 
 Thread limits. numpy's and scipy's OpenBLAS, scikit-learn's OpenMP and torch each keep a pool of
 threads sized to the machine; left alone, pools of concurrent jobs (and of one job's libraries)
@@ -22,10 +22,6 @@ while their declared memory fits in :data:`GPU_MEMORY_SHARE` of it, so ``--jobs 
 small jobs on one GPU; a job that declares nothing holds a GPU alone. Without a GPU every job runs
 on the CPU. Each record's environment names its device and its co-tenants (the jobs that held the
 same GPU while it ran) and its peak GPU memory.
-
-Backends: "local" (this process, or ``n_jobs`` loky workers) and "ray" (:mod:`bench.ray_backend`).
-Either way the workers only compute: each task's results come back to the orchestrating process,
-which alone writes the results store and MLflow (:func:`bench.runner.run_jobs`).
 """
 
 from __future__ import annotations
@@ -34,7 +30,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from bench.errors import BenchError
 
@@ -93,7 +89,6 @@ def thread_limits(threads: int) -> Iterator[dict]:
                 torch.set_num_threads(torch_before)
 
 
-BACKENDS = ("local", "ray")
 #: The part of a GPU's memory that jobs' declared needs may fill (the rest: CUDA contexts, fragmentation).
 GPU_MEMORY_SHARE = 0.9
 
@@ -121,32 +116,6 @@ def declared_memory(cls) -> int | None:
         raise BenchError(f"method {getattr(cls, 'name', cls)!r}: gpu_memory_mb must be a positive integer (MB), "
                          f"got {value!r}")
     return value
-
-
-def dispatch(tasks: list, run: Callable, *, device: str, n_jobs: int, on_result: Callable, backend: str = "local",
-             address: str | None = None, memory_mb: Callable = lambda task: None) -> None:
-    """``run(task, device_or_pool)`` for every task, in this process (``n_jobs=1``), in ``n_jobs``
-    loky workers, or as Ray tasks; ``on_result`` is called here, in the orchestrating process, as
-    each result arrives. ``memory_mb(task)``: the GPU memory the task declares (None: a whole GPU)."""
-    if backend == "ray":
-        from bench import ray_backend
-
-        ray_backend.dispatch(tasks, run, device=device, on_result=on_result, address=address, memory_mb=memory_mb)
-        return
-    if n_jobs == 1:
-        for task in tasks:
-            on_result(run(task, single_device(device)))
-        return
-    from joblib import Parallel, delayed
-
-    with device_pool(device, {_task_key(t): memory_mb(t) for t in tasks}) as pool:
-        parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
-        for result in parallel(delayed(run)(task, pool) for task in tasks):
-            on_result(result)
-
-
-def _task_key(task) -> str:
-    return ",".join(job.job_id for job in task)
 
 
 def single_device(device: str) -> str:
