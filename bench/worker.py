@@ -46,26 +46,19 @@ if TYPE_CHECKING:  # the worker reads a job as plain data; the plan (bench.jobs)
 log = logging.getLogger(__name__)
 
 
-def run_task(task: Sequence[Job], device) -> list[tuple[dict, dict | None]]:
-    """Run one task: a single job, or the folds of one method trained together. Each job gives
-    ``(record, arrays)``; a failure gives an error record (``error``) and no arrays, for every job
-    of the task. ``device``: a device name or a :class:`~bench.backends.devices.DevicePool`."""
-    if not task[0].uses_torch:  # a method without torch holds no GPU
-        device = "cpu"
-    with devices.holding(device, [j.job_id for j in task]) as lease:
-        try:
-            if len(task) == 1:
-                results = [execute(task[0], lease.device)]
-            else:
-                results = execute_folds(task, lease.device)
-            for record, _ in results:
-                record["environment"].update(lease.describe())
-            return results
-        except BenchError as exc:
-            return [(j.failure(one_line(exc)), None) for j in task]
-        except Exception as exc:  # a bug in one method must not lose the other jobs' results
-            error, trace = one_line(exc, with_type=True), traceback.format_exc()
-            return [(j.failure(error, trace), None) for j in task]
+def run_task(task: Sequence[Job], device: str) -> list[tuple[dict, dict | None]]:
+    """Run one task on ``device`` (the backend holds it: :func:`bench.backends.devices.run_holding`):
+    a single job, or the folds of one method trained together. Each job gives ``(record, arrays)``;
+    a failure gives an error record (``error``) and no arrays, for every job of the task."""
+    try:
+        if len(task) == 1:
+            return [execute(task[0], device)]
+        return execute_folds(task, device)
+    except BenchError as exc:
+        return [(j.failure(one_line(exc)), None) for j in task]
+    except Exception as exc:  # a bug in one method must not lose the other jobs' results
+        error, trace = one_line(exc, with_type=True), traceback.format_exc()
+        return [(j.failure(error, trace), None) for j in task]
 
 
 def execute(job: Job, device: str) -> tuple[dict, dict[str, np.ndarray]]:

@@ -27,7 +27,7 @@ def check_backend(backend: str) -> None:
 
 def dispatch(tasks: list, run: Callable, *, device: str, n_jobs: int, on_result: Callable, backend: str = "local",
              address: str | None = None, memory_mb: Callable = lambda task: None) -> None:
-    """``run(task, device_or_pool)`` for every task, in this process (``n_jobs=1``), in ``n_jobs``
+    """``run(task, device)`` for every task, in this process (``n_jobs=1``), in ``n_jobs``
     loky workers, or as Ray tasks; ``on_result`` is called here, in the orchestrating process, as
     each result arrives. ``memory_mb(task)``: the GPU memory the task declares (None: a whole GPU)."""
     check_backend(backend)

@@ -30,7 +30,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from bench.errors import BenchError
 
@@ -220,6 +220,21 @@ def holding(device, job_ids: list[str]) -> Iterator[Lease]:
         yield Lease(name, device, key)
     finally:
         device.release(key)
+
+
+def run_holding(run: Callable, task, device) -> list:
+    """``run(task, device name)`` while the task holds its device: ``device`` itself, or the GPU a
+    :class:`DevicePool` places it on (a task whose method does not use torch runs on the CPU and
+    holds no GPU). Each record that ``run`` returns gets what :meth:`Lease.describe` says. Every
+    backend runs a task through this, in the process that runs it."""
+    if not task[0].uses_torch:
+        device = "cpu"
+    with holding(device, [job.job_id for job in task]) as lease:
+        results = run(task, lease.device)
+        for record, _ in results:
+            if "environment" in record:  # not in a failed job's record
+                record["environment"].update(lease.describe())
+        return results
 
 
 def resolve_device(device: str, needs_torch: bool) -> str:

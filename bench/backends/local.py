@@ -5,23 +5,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench.backends.devices import device_pool, single_device
+from bench.backends.devices import device_pool, run_holding, single_device
 
 
 def dispatch(tasks: list, run: Callable, *, device: str, n_jobs: int, on_result: Callable,
              memory_mb: Callable = lambda task: None) -> None:
-    """``run(task, device_or_pool)`` for every task; ``on_result`` is called here as each result
+    """``run(task, device)`` for every task, each holding its device (:func:`run_holding`); ``on_result`` is called here as each result
     arrives (in completion order with workers). ``memory_mb(task)``: the GPU memory the task
     declares (None: a whole GPU)."""
     if n_jobs == 1:
         for task in tasks:
-            on_result(run(task, single_device(device)))
+            on_result(run_holding(run, task, single_device(device)))
         return
     from joblib import Parallel, delayed
 
     with device_pool(device, {_task_key(t): memory_mb(t) for t in tasks}) as pool:
         parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
-        for result in parallel(delayed(run)(task, pool) for task in tasks):
+        for result in parallel(delayed(run_holding)(run, task, pool) for task in tasks):
             on_result(result)
 
 

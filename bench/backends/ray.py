@@ -78,7 +78,7 @@ def _run_on_ray(run: Callable, task, device: str, gpu_fraction: float):
     """The body of a Ray task: ``run`` on the GPU Ray gave it (or the CPU), with where it ran."""
     import ray
 
-    results = run(task, "cuda:0" if gpu_fraction else "cpu")
+    results = devices.run_holding(run, task, "cuda:0" if gpu_fraction else "cpu")
     where = {"ray_node": ray.get_runtime_context().get_node_id(), "ray_pid": os.getpid()}
     if gpu_fraction:
         where.update(ray_gpu_ids=[str(g) for g in ray.get_gpu_ids()], gpu_fraction=gpu_fraction)
