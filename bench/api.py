@@ -95,7 +95,7 @@ class Method(BaseEstimator):
       empty dict means none. The main scores stay the method's own row;
     * ``class_maps(data)`` -> float array [n, L, h, w] >= 0: per-label maps on the backbone's grid
       (DER's class-aware maps, attention maps) for the report's map figures; each job stores them
-      for its first few test images (``bench.runner.CLASS_MAP_IMAGES``). A fitted model that has
+      for its first few test images (``bench.outputs.CLASS_MAP_IMAGES``). A fitted model that has
       none after all (a :class:`~bench.deep.DeepMethod` whose head gives no maps) raises
       :class:`NoClassMaps`, and nothing is stored.
 

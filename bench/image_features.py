@@ -12,10 +12,10 @@ is part of the job's identity (its data fingerprint ends in ``+<backbone>@<size>
 The views are cached on disk (``.npz``, written atomically) under ``<results>/_cache/
 image_features/``; the key hashes the backbone name, its weights id, the transform and the dataset
 (its fingerprint plus a digest of the pixels or of the files' paths, sizes and modification times),
-so any change re-extracts. The runner uses three functions: :func:`plan` when it builds the jobs
-(which extractor, if any, a method needs on a dataset), :func:`cache_views` once per dataset
-before it dispatches them, and :func:`with_views` in the worker, which swaps the image view for
-the cached feature views.
+so any change re-extracts. The run side uses three functions: :func:`plan` when the jobs are built
+(:mod:`bench.jobs`: which extractor, if any, a method needs on a dataset), :func:`cache_views` in
+the runner once per dataset before it dispatches them, and :func:`with_views` in the worker, which
+swaps the image view for the cached feature views.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from bench.data import FEATURES, IMAGE, ImageView, MultiLabelData
 from bench.errors import BenchError
 from bench.store import atomic_write_bytes
 
-# torch and the image modules are imported inside the functions that extract: the runner imports
+# torch and the image modules are imported inside the functions that extract: the plan imports
 # this module for its cheap checks, and CPU-only commands should not pay torch's import time.
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class Extractor:
         return f"{self.backbone}@{self.image_size}"
 
 
-# ----------------------------------------------------------------------------- runner hooks
+# ----------------------------------------------------------------------------- run-side hooks
 def needs_derived_features(method_cls, data: MultiLabelData) -> bool:
     """True when ``method_cls`` reads feature views only and ``data`` has only an image view."""
     return (FEATURES in method_cls.accepts and IMAGE not in method_cls.accepts

@@ -13,7 +13,7 @@ sources decide the value a job runs with, the first that gives one winning:
 
 ``bench run --smoke`` then sets, on top of all three, the parameters of :data:`SMOKE_SCHEDULE` that a
 method has (a one-epoch, two-step schedule), lowers those of :data:`SMOKE_CAPS` that are larger
-(image size, batch size), and the runner keeps only the first
+(image size, batch size), and the worker keeps only the first
 :data:`SMOKE_EXAMPLES` examples of each fold's training and test parts: a check that a set-up runs end to end in seconds, not a
 result. A smoke job is a job of its own (``config["smoke"]``), and the results layer keeps its
 records out of the real rows (:mod:`bench.results`).

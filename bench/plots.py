@@ -15,7 +15,7 @@
   that hyper-parameter, mean ± std over runs.
 * **Class maps** (DER Figs. 2 and 8; Order-Free RNN's and CMSG's attention maps): for each row of
   a method with ``class_maps``, its first run's (by fold, seed) stored test images
-  (:data:`bench.runner.CLASS_MAP_IMAGES`), one line each: the image, then one overlay per predicted
+  (:data:`bench.outputs.CLASS_MAP_IMAGES`), one line each: the image, then one overlay per predicted
   label (by score, at most :data:`MAX_OVERLAYS`; none predicted: the top-scored one, titled "not
   predicted"): the label's map upsampled bilinearly to the image (the model saw the whole image
   resized to a square, so the map covers the whole image), scaled to [0, 1] per map and drawn in
@@ -58,7 +58,7 @@ LOG_RATIO = 10.0
 MAX_OVERLAYS = 4
 MAP_COLORMAP = "jet"
 MAP_ALPHA = 0.5
-#: The stored arrays a class-map figure reads (bench.runner stores them).
+#: The stored arrays a class-map figure reads (bench.worker computes them, bench.runner stores them).
 MAP_ARRAYS = ("class_maps", "class_map_images", "class_map_image_sizes", "class_map_labels", "scores",
               "y_pred", "test_index")
 

@@ -1,6 +1,6 @@
 """The record: what one finished job stores, as a typed, versioned object.
 
-``runner.execute`` builds a plain dict and :meth:`bench.store.ResultStore.write` stores it as JSON
+``bench.worker.execute`` builds a plain dict and :meth:`bench.store.ResultStore.write` stores it as JSON
 with ``format_version`` = :data:`SCHEMA_VERSION`; the read side (results layer, tables, figures,
 MLflow) works on :class:`Record` objects made by :meth:`Record.from_dict`, never on raw
 ``record["config"][...]`` lookups. Keys this module does not know survive a round trip

@@ -80,7 +80,7 @@ class ResultStore:
         return folder / f"{job_id}.json", folder / f"{job_id}.npz"
 
     def write(self, record: dict | Record, arrays: dict[str, np.ndarray]) -> Path:
-        """Store one finished job; ``record`` (a :class:`Record` or the plain dict ``runner.execute``
+        """Store one finished job; ``record`` (a :class:`Record` or the plain dict ``bench.worker.execute``
         builds) must carry ``job_id`` and ``config``; keys unknown to the store are kept."""
         if isinstance(record, Record):
             record = record.to_dict()

@@ -150,7 +150,7 @@ def fit(cls: type, params: Mapping[str, object], train: MultiLabelData, search: 
     """The job's fitted model and its search record (None without a search): see the module docstring.
 
     ``train`` is the job's training part (the test part is not an argument); ``before_each`` runs
-    before every fit (the runner re-seeds there)."""
+    before every fit (the worker re-seeds there)."""
     if not search:
         before_each()
         return cls(**params).fit(train), None
