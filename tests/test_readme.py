@@ -48,7 +48,7 @@ SUBCOMMANDS = ("list", "run", "report", "fetch")
 NOT_RUN = (
     (lambda argv: _program(argv) == "pip" or argv[1:3] in (["-m", "pip"], ["-m", "venv"]),
      "installs packages from PyPI (network); CI's .ci/run does it"),
-    (lambda argv: _program(argv) == "ruff" or "pytest" in argv,
+    (lambda argv: _program(argv) in ("ruff", "lint-imports") or "pytest" in argv,
      "CI's own commands: test_cli.py checks they are .ci/run's"),
     (lambda argv: _program(argv) in ("tox", "mutmut"), "runs the test suite itself (tox) or mutation testing (an hour)"),
     (lambda argv: _program(argv) == "mlflow" and "ui" in argv, "starts a web server"),
