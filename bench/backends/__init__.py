@@ -32,7 +32,7 @@ def dispatch(tasks: list, run: Callable, *, device: str, n_jobs: int, on_result:
     each result arrives. ``memory_mb(task)``: the GPU memory the task declares (None: a whole GPU)."""
     check_backend(backend)
     if backend == "ray":
-        from bench.backends import ray  # Ray itself is imported only when a run asks for it
+        from bench.backends import ray  # loaded when a run asks for it (Ray itself: when it connects)
 
         ray.dispatch(tasks, run, device=device, on_result=on_result, address=address, memory_mb=memory_mb)
     else:
