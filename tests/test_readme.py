@@ -370,7 +370,8 @@ def broken_links(path: Path) -> list[str]:
             continue
         file, _, anchor = target.partition("#")
         resolved = (path.parent / file).resolve() if file else path
-        where = f"{path.name}:{text.count(chr(10), 0, match.start()) + 1}: {target}"
+        name = _relative(path) if path.is_relative_to(ROOT) else path.name
+        where = f"{name}:{text.count(chr(10), 0, match.start()) + 1}: {target}"
         if not resolved.exists():
             out.append(f"{where} (no file {resolved})")
         elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved.read_text()):
