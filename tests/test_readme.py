@@ -11,8 +11,8 @@ one's results (``bench report`` after ``bench run``) finds them:
   :func:`bench.cli.main`, reduced generically so that CI stays fast: ``bench run`` gets ``--smoke``
   (a one-epoch schedule) and ``--folds 2`` where it gives no ``--folds``; ``bench report`` gets
   ``--smoke`` (the scenario's runs are smoke runs); MLflow is off. It must exit 0, except where it
-  cannot work offline: ``bench fetch`` must stop with the README's one line ("cannot download ...;
-  are you offline?"), and a run on a dataset whose files are not under the data root (an explicit
+  cannot work offline: ``bench fetch`` must stop with the one line ``docs/cli.md`` shows ("cannot
+  download ...; are you offline?"), and a run on a dataset whose files are not under the data root (an explicit
   ``--data-root`` points at an empty folder here) with one line naming the missing file; a
   ``--device cuda`` command runs only where torch sees a GPU;
 * every other command must be listed in :data:`NOT_RUN` with the reason it is not run here;
@@ -22,7 +22,10 @@ one's results (``bench report`` after ``bench run``) finds them:
   absent, refused in one line naming the file); any other snippet runs as a script in the
   scenario's folder (``data/`` is its data root).
 
-An edit that breaks an example fails here, naming the file and line.
+Every relative link (``[text](docs/x.md#heading)``) must reach an existing file and heading, and the
+README stays a front page: under 250 lines, linking every page of ``docs/``.
+
+An edit that breaks an example or a link fails here, naming the file and line.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ README_MAX_LINES = 250
 SHELL_LANGUAGES = ("bash", "sh", "shell", "console")
 SUBCOMMANDS = ("list", "run", "report", "fetch")
 
-#: Commands the README shows that this test does not run: (does the command match, why not).
+#: Commands the README or docs show that this test does not run: (does the command match, why not).
 NOT_RUN = (
     (lambda argv: _program(argv) == "pip" or argv[1:3] in (["-m", "pip"], ["-m", "venv"]),
      "installs packages from PyPI (network); CI's .ci/run does it"),
@@ -61,7 +64,7 @@ NOT_RUN = (
     (lambda argv: _program(argv).startswith("python") and any(a.startswith("benchmarks/") for a in argv),
      "a benchmark script (minutes of measurement; it prints a table)"),
 )
-#: The one-line errors of the commands that cannot work offline, as the README documents them.
+#: The one-line errors of the commands that cannot work offline, as docs/cli.md documents them.
 FETCH_OFFLINE = re.compile(r"bench: error: cannot download \S+ \(.+\); are you offline\? Put the files under \S+ "
                            r"by hand \(README, 'Datasets'\)")
 ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
@@ -147,7 +150,7 @@ def _has(args: list[str], name: str) -> bool:
 
 
 class Scenario:
-    """One README section run from an empty folder: its commands in order, in this process."""
+    """One section of the README or a docs page run from an empty folder: its commands in order, in this process."""
 
     def __init__(self, folder: Path, monkeypatch, capsys):
         self.folder, self.monkeypatch, self.capsys = folder, monkeypatch, capsys
@@ -189,7 +192,7 @@ class Scenario:
             self.log.append(f"not run (needs a CUDA GPU; tests/test_cuda.py covers it where one is): {where}")
             return
         args = list(args)
-        if _has(args, "--data-root"):  # the README's own data root (e.g. /data) is not here
+        if _has(args, "--data-root"):  # the page's own data root (e.g. /data) is not here
             value = _option(args, "--data-root")
             args = [str(self.absent_root) if a == value else a.replace(f"={value}", f"={self.absent_root}")
                     for a in args]
@@ -245,7 +248,7 @@ class Scenario:
                  if "name" in cls.body and cls.derives_from(plugins.KINDS[kind])}
         if not kinds:
             code = compile(snippet.text, where, "exec")
-            exec(code, {"__name__": "__main__"})  # noqa: S102 - the README's own example
+            exec(code, {"__name__": "__main__"})  # noqa: S102 - the page's own example
             runner.load_dataset.cache_clear()  # it may have written a dataset's files
             self.log.append(f"ran as a script: {where}")
             return
