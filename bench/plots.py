@@ -13,6 +13,8 @@
 * **Hyper-parameter sensitivity** (DER Figs. 6-7, CMSG's heads/layers study): when the rows of one
   method differ in exactly one numeric hyper-parameter (``--set alpha=...``), the metric against
   that hyper-parameter, mean ± std over runs.
+* **Runs side by side**: per main table, each row's value of the table's first metric (mAP where
+  the table has it) in every run, the mean as a bar; the runs joined across rows.
 * **Class maps** (DER Figs. 2 and 8; Order-Free RNN's and CMSG's attention maps): for each row of
   a method with ``class_maps``, its first run's (by fold, seed) stored test images
   (:data:`bench.outputs.CLASS_MAP_IMAGES`), one line each: the image, then one overlay per predicted
@@ -356,12 +358,53 @@ def class_map_plots(results: Results) -> list[Plot]:
     return plots
 
 
+# --------------------------------------------------------------------------- runs side by side
+def run_plots(results: Results) -> list[Plot]:
+    """Per main table (rows of >= 2 runs): each row's value of the table's first panel metric in
+    every run (one dot per fold/seed, runs joined across rows by a faint line so a hard fold shows
+    as a hard fold everywhere), the row's mean as a bar: what the mean ± std of the table hides."""
+    plots = []
+    for key, rows in results.by_table().items():
+        if len(rows) < 2 or max(len(r.records) for r in rows) < 2:
+            continue
+        metrics = panel_metrics(results, key[0], results.value_columns)
+        metric = "mAP" if "mAP" in metrics else (metrics[0] if metrics else None)
+        if metric is None:
+            continue
+        plots.append(_run_figure(results.run_values(rows, metric), metric, key, results.colours))
+    return plots
+
+
+def _run_figure(runs: pd.DataFrame, metric: str, key: tuple[str, str, int], colours: dict[str, str]) -> Plot:
+    from matplotlib.figure import Figure
+
+    labels = list(runs.columns)
+    fig = Figure(figsize=(max(5.0, 0.75 * len(labels) + 1.5), 4.2))
+    ax = fig.subplots()
+    x = np.arange(len(labels))
+    for _, values in runs.iterrows():  # one faint line per run across the rows
+        ax.plot(x, values.to_numpy(dtype=float), color="0.8", lw=0.6, zorder=1)
+    for i, label in enumerate(labels):
+        values = runs[label].dropna().to_numpy(dtype=float)
+        jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(len(values))
+        ax.scatter(i + jitter, values, s=12, color=colours[label], zorder=3)
+        if len(values):
+            ax.hlines(values.mean(), i - 0.3, i + 0.3, color=colours[label], lw=2, zorder=4)
+    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(_label(metric))
+    dataset, protocol, n_folds = key
+    ax.set_title(f"{dataset}, {protocol_text(protocol, n_folds)}: {_label(metric)} of each run "
+                 "(dots; bar: mean; grey lines join a run across rows)", fontsize=9)
+    fig.tight_layout()
+    return Plot(f"runs_{table_slug(*key)}_{metric}", dataset, set(labels), fig)
+
+
 # --------------------------------------------------------------------------- all figures
 def make_plots(results: Results) -> list[Plot]:
     """Every figure the rows support (figures stay open until :func:`close`)."""
     if not results:
         return []
-    return (convergence_plots(results) + modality_plots(results) + sensitivity_plots(results)
+    return (run_plots(results) + convergence_plots(results) + modality_plots(results) + sensitivity_plots(results)
             + class_map_plots(results))
 
 

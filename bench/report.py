@@ -138,17 +138,32 @@ def build_all_tables(results: Results) -> list[Table]:
     return build_tables(results) + build_per_class_tables(results) + build_ablation_tables(results)
 
 
+def write_pair_tests(results: Results, out_dir: Path, formats=("md", "latex")) -> list[Path]:
+    """``<slug>__wilcoxon.{md,tex}`` for each main table: its rows compared pairwise over the runs
+    they share (:func:`bench.stats.write_run_tests`)."""
+    written = []
+    for (dataset, protocol, n_folds), rows in results.by_table().items():
+        if len(rows) < 2:
+            continue
+        from bench.stats import write_run_tests  # scipy only when a table has rows to compare
+
+        written += write_run_tests(results, rows, results.metric_columns(dataset),
+                                   table_slug(dataset, protocol, n_folds), out_dir, formats)
+    return written
+
+
 def write_reports(results: Results, out_dir: Path, formats=("md", "latex"),
                   leaderboard: bool = True) -> tuple[list[Table], list[Path]]:
     """Every table of ``results`` into ``out_dir``.
 
-    Writes the main, per-class AP and ablation tables (``<slug>.{md,tex}``) and, with
+    Writes the main, per-class AP and ablation tables (``<slug>.{md,tex}``), the pairwise tests
+    of each main table's rows over its runs (``<slug>__wilcoxon.{md,tex}``) and, with
     ``leaderboard``, the cross-dataset leaderboard, its tests and critical-difference diagrams
     (:func:`bench.stats.write_leaderboard`). Returns the tables (the leaderboard's included) and
     the files written, figures last.
     """
     tables = build_all_tables(results)
-    written = write_tables(tables, out_dir, formats)
+    written = write_tables(tables, out_dir, formats) + write_pair_tests(results, out_dir, formats)
     main = [t for t in tables if t.kind == "main"]
     if leaderboard and len({t.dataset for t in main}) > 1:  # one dataset: no ranking (bench.stats says
         from bench.stats import write_leaderboard  # why); scipy.stats, scikit-posthocs only when one is built

@@ -512,6 +512,18 @@ class Results:
         return pd.Series({row.id: row.n_folds * len({r.config.seed for r in row.records}) for row in self.rows},
                          dtype=int)
 
+    def run_values(self, rows: list[Row], metric: str) -> pd.DataFrame:
+        """Runs (seed, fold) x row labels (in the order of ``rows``): ``metric`` in each run, NaN
+        where a row lacks the run or the value (what pairwise tests and per-run figures read)."""
+        labels = [r.label for r in rows]
+        part = self.frame[self.frame["row"].isin({r.id for r in rows})]
+        if part.empty or metric not in part:
+            return pd.DataFrame(columns=labels)
+        part = part.assign(value=pd.to_numeric(part[metric], errors="coerce"))
+        table = part.pivot_table(index=["seed", "fold"], columns="label", values="value", aggfunc="mean",
+                                 dropna=False)
+        return table.reindex(columns=labels).sort_index()
+
     def undefined(self, rows: Iterable[Row], columns: Iterable[str]) -> dict[str, int]:
         """Entries left out of the averages of ``columns``, summed over the rows' runs."""
         columns = set(columns)

@@ -50,7 +50,7 @@ class MetricTest:
     """The ranks and tests of one metric across datasets."""
 
     metric: str
-    datasets: list[str]
+    datasets: list[str]  # the blocks the tests pair over: datasets (or, within one dataset, runs)
     ranks: pd.DataFrame  # datasets x rows, 1 = best
     left_out: list[str]  # rows without a value on every dataset
     friedman_stat: float = np.nan
@@ -247,24 +247,74 @@ def _wilcoxon_rows(tests: list[MetricTest]) -> list[list[str]]:
     return rows
 
 
-def wilcoxon_markdown(tests: list[MetricTest]) -> str:
+def wilcoxon_markdown(tests: list[MetricTest], caption: str = WILCOXON_CAPTION) -> str:
     rows = _wilcoxon_rows(tests)
-    lines = [f"**Table: {WILCOXON_CAPTION}**", "", md_row(WILCOXON_HEADER),
+    lines = [f"**Table: {caption}**", "", md_row(WILCOXON_HEADER),
              md_row(["---", "---", ":-:", ":-:", ":-:", ":-:", "---"]), *map(md_row, rows)]
     return "\n".join(lines) + "\n"
 
 
-def wilcoxon_latex(tests: list[MetricTest]) -> str:
-    """The pairs table in LaTeX: one heading per metric (with its N), the pair and "better"
-    columns wrapping to fit ``\\textwidth``."""
+def wilcoxon_latex(tests: list[MetricTest], caption: str = WILCOXON_CAPTION, label: str = "leaderboard__wilcoxon",
+                   unit: str = "datasets") -> str:
+    """The pairs table in LaTeX: one heading per metric (with its N ``unit``), the pair and
+    "better" columns wrapping to fit ``\\textwidth``."""
     rows: list[list[str] | str] = []
     for t in tests:
         pairs = _wilcoxon_rows([t])
         if pairs:
-            rows.append(f"{METRICS[t.metric].label} (N = {t.n_datasets} datasets)")
+            rows.append(f"{METRICS[t.metric].label} (N = {t.n_datasets} {unit})")
             rows += [[pair, w, p, holm_p, better] for _, pair, _, w, p, holm_p, better in pairs]
     header = [h for h in WILCOXON_HEADER if h not in ("Metric", "N")]
-    return latex_text_table(WILCOXON_CAPTION, "leaderboard__wilcoxon", header, rows, "lcccl", wrap_columns=(0, 4))
+    return latex_text_table(caption, label, header, rows, "lcccl", wrap_columns=(0, 4))
+
+
+# --------------------------------------------------------------------------- within one dataset
+#: Fewer paired runs than this and the two-sided exact Wilcoxon test cannot reach p < 0.05 at all.
+MIN_RUNS_WILCOXON = 6
+RUNS_CAPTION = ("Wilcoxon signed-rank tests over the runs (folds x seeds) of one table for each pair of rows, "
+                "paired by run (zero differences split; p-values Holm-corrected over the pairs of each metric; "
+                f"* p_Holm < {ALPHA:g}). The runs of k-fold CV share most of their training data, so they are "
+                "not independent samples: read p as a ranking of consistency, not a calibrated error rate "
+                "(Dietterich 1998; Nadeau & Bengio 2003).")
+
+
+def run_tests(results, rows, metrics: list[str]) -> list[MetricTest]:
+    """For each metric, every pair of one table's ``rows`` (a :class:`bench.results.Results`' rows):
+    Wilcoxon over the runs every compared row has, Holm-corrected. Rows without a value in every
+    one of those runs are left out; a metric with fewer than :data:`MIN_RUNS_WILCOXON` shared runs
+    or one row left is not tested."""
+    tests = []
+    for metric in metrics:
+        matrix = results.run_values(rows, metric).dropna(axis=1, how="all")
+        left_out = [label for label in matrix.columns if matrix[label].isna().mean() > 0.5]
+        matrix = matrix.drop(columns=left_out).dropna(axis=0, how="any")
+        if matrix.shape[0] < MIN_RUNS_WILCOXON or matrix.shape[1] < 2:
+            continue
+        higher = METRICS[metric].higher_is_better
+        runs = [f"seed {s} fold {f}" for s, f in matrix.index]
+        test = MetricTest(metric, runs, rank_matrix(matrix, higher), left_out)
+        test.wilcoxon = wilcoxon_pairs(matrix, higher)
+        tests.append(test)
+    return tests
+
+
+def write_run_tests(results, rows, metrics: list[str], slug: str, out_dir: Path,
+                    formats=("md", "latex")) -> list[Path]:
+    """``<slug>__wilcoxon.{md,tex}``: :func:`run_tests` of one table (nothing when no metric has
+    enough shared runs)."""
+    tests = run_tests(results, rows, metrics)
+    if not tests:
+        return []
+    left_out = sorted({label for t in tests for label in t.left_out})
+    caption = RUNS_CAPTION + (f" Left out (a value in fewer than half the runs): {', '.join(left_out)}."
+                              if left_out else "")
+    written = []
+    for fmt in formats:
+        ext = RENDERERS[fmt][1]
+        text = (wilcoxon_markdown(tests, caption) if fmt == "md"
+                else wilcoxon_latex(tests, caption, f"{slug}__wilcoxon", "runs"))
+        written.append(write_text(Path(out_dir) / f"{slug}__wilcoxon{ext}", text))
+    return written
 
 
 def cd_diagram(test: MetricTest):

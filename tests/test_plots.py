@@ -249,3 +249,19 @@ def test_make_plots_filters_and_save_writes_real_png_and_pdf(tmp_path):
     assert written[1].read_bytes().startswith(b"%PDF-")
     assert not list((tmp_path / "figures").glob(".*.tmp"))
     plots.close(made)
+
+
+def test_runs_side_by_side_one_dot_per_run_and_the_mean_as_a_bar(tmp_path):
+    runs = {"m": [0.5, 0.7, 0.9], "n": [0.2, 0.4, 0.3]}
+    recs = [record(f"{m}{f}", method=m, fold=f, metrics={"mAP": v, "hamming_loss": 0.1})
+            for m, values in runs.items() for f, v in enumerate(values)]
+    (plot,) = [p for p in figures(stored(tmp_path, recs)) if p.name.startswith("runs_")]
+    assert plot.name == "runs_tiny__kfold3_mAP" and plot.rows == {"m", "n"}
+    from matplotlib.collections import LineCollection, PathCollection
+
+    ax = plot.figure.axes[0]
+    dots = [sorted(c.get_offsets()[:, 1].round(6).tolist()) for c in ax.collections if isinstance(c, PathCollection)]
+    assert dots == [sorted(runs["m"]), sorted(runs["n"])]  # one dot per run, per row, in the table's order
+    bars = [round(float(c.get_segments()[0][0][1]), 6) for c in ax.collections if isinstance(c, LineCollection)]
+    assert bars == [0.7, 0.3]  # each row's mean
+    assert len([line for line in ax.lines if line.get_color() == "0.8"]) == 3  # one grey line per fold

@@ -1,16 +1,18 @@
-"""The README is a tested document: every command and snippet it shows runs as shown.
+"""The README and the pages of ``docs/`` are tested documents: every command and snippet they show
+runs as shown, and every relative link between them reaches a file and a heading.
 
-Each ``## `` section of ``README.md`` is a scenario, run from an empty working folder (results,
-reports and data folders of its own; offline: the network is cut) in the README's order, so a
-command that reads an earlier one's results (``bench report`` after ``bench run``) finds them:
+Each ``## `` section of ``README.md`` and of each ``docs/*.md`` (the text before a page's first
+``## `` too) is a scenario, run from an empty working folder (results, reports and data folders of
+its own; offline: the network is cut) in the page's order, so a command that reads an earlier
+one's results (``bench report`` after ``bench run``) finds them:
 
 * every ``bench ...`` command of a ```` ```bash ````, ```` ```sh ```` or ```` ```console ```` block
   (``$ `` lines of a console block; ``&&`` chains split) runs in-process through
   :func:`bench.cli.main`, reduced generically so that CI stays fast: ``bench run`` gets ``--smoke``
   (a one-epoch schedule) and ``--folds 2`` where it gives no ``--folds``; ``bench report`` gets
   ``--smoke`` (the scenario's runs are smoke runs); MLflow is off. It must exit 0, except where it
-  cannot work offline: ``bench fetch`` must stop with the README's one line ("cannot download ...;
-  are you offline?"), and a run on a dataset whose files are not under the data root (an explicit
+  cannot work offline: ``bench fetch`` must stop with the one line ``docs/cli.md`` shows ("cannot
+  download ...; are you offline?"), and a run on a dataset whose files are not under the data root (an explicit
   ``--data-root`` points at an empty folder here) with one line naming the missing file; a
   ``--device cuda`` command runs only where torch sees a GPU;
 * every other command must be listed in :data:`NOT_RUN` with the reason it is not run here;
@@ -20,7 +22,10 @@ command that reads an earlier one's results (``bench report`` after ``bench run`
   absent, refused in one line naming the file); any other snippet runs as a script in the
   scenario's folder (``data/`` is its data root).
 
-A README edit that breaks an example fails here, naming the README line.
+Every relative link (``[text](docs/x.md#heading)``) must reach an existing file and heading, and the
+README stays a front page: under 250 lines, linking every page of ``docs/``.
+
+An edit that breaks an example or a link fails here, naming the file and line.
 """
 
 from __future__ import annotations
@@ -41,10 +46,14 @@ from bench.data import FEATURES
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+#: The tested documents: the README, then every page of docs/.
+DOCUMENTS = (README, *sorted((ROOT / "docs").glob("*.md")))
+#: The front page stays a front page (issue 28: "a newcomer reads it in five minutes").
+README_MAX_LINES = 250
 SHELL_LANGUAGES = ("bash", "sh", "shell", "console")
 SUBCOMMANDS = ("list", "run", "report", "fetch")
 
-#: Commands the README shows that this test does not run: (does the command match, why not).
+#: Commands the README or docs show that this test does not run: (does the command match, why not).
 NOT_RUN = (
     (lambda argv: _program(argv) == "pip" or argv[1:3] in (["-m", "pip"], ["-m", "venv"]),
      "installs packages from PyPI (network); CI's .ci/run does it"),
@@ -55,7 +64,7 @@ NOT_RUN = (
     (lambda argv: _program(argv).startswith("python") and any(a.startswith("benchmarks/") for a in argv),
      "a benchmark script (minutes of measurement; it prints a table)"),
 )
-#: The one-line errors of the commands that cannot work offline, as the README documents them.
+#: The one-line errors of the commands that cannot work offline, as docs/cli.md documents them.
 FETCH_OFFLINE = re.compile(r"bench: error: cannot download \S+ \(.+\); are you offline\? Put the files under \S+ "
                            r"by hand \(README, 'Datasets'\)")
 ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
@@ -64,17 +73,18 @@ FILES_ABSENT = r"bench: error: {root}/\S+: .*not found.*"
 
 @dataclass(frozen=True)
 class Snippet:
-    line: int  # where its block starts in the README (1-based)
+    line: int  # where its block starts in its document (1-based)
     language: str
     text: str
+    source: str = "README.md"  # the document, relative to the checkout
 
 
 def _program(argv: list[str]) -> str:
     return Path(argv[0]).name if argv else ""
 
 
-def sections(text: str) -> dict[str, list[Snippet]]:
-    """``## `` heading -> the shell and Python blocks under it, in order."""
+def sections(text: str, source: str = "README.md") -> dict[str, list[Snippet]]:
+    """``## `` heading -> the shell and Python blocks under it, in order (``source`` names the document)."""
     out: dict[str, list[Snippet]] = {"(preamble)": []}
     current, block, start, language = "(preamble)", None, 0, ""
     for number, line in enumerate(text.splitlines(), 1):
@@ -85,7 +95,7 @@ def sections(text: str) -> dict[str, list[Snippet]]:
             block, start, language = [], number, line[3:].strip().lower()
         elif block is not None and line.startswith("```"):
             if language in (*SHELL_LANGUAGES, "python"):
-                out[current].append(Snippet(start, language, "\n".join(block) + "\n"))
+                out[current].append(Snippet(start, language, "\n".join(block) + "\n", source))
             block = None
         elif block is not None:
             block.append(line)
@@ -140,7 +150,7 @@ def _has(args: list[str], name: str) -> bool:
 
 
 class Scenario:
-    """One README section run from an empty folder: its commands in order, in this process."""
+    """One section of the README or a docs page run from an empty folder: its commands in order, in this process."""
 
     def __init__(self, folder: Path, monkeypatch, capsys):
         self.folder, self.monkeypatch, self.capsys = folder, monkeypatch, capsys
@@ -160,7 +170,7 @@ class Scenario:
     # ------------------------------------------------------------------ shell commands
     def shell(self, snippet: Snippet) -> None:
         for argv in commands(snippet):
-            where = f"README.md:{snippet.line}: `{shlex.join(argv)}`"
+            where = f"{snippet.source}:{snippet.line}: `{shlex.join(argv)}`"
             env = {}
             while argv and ENV_ASSIGNMENT.match(argv[0]):  # `BENCH_THREADS=2 bench run ...`
                 name, _, value = argv.pop(0).partition("=")
@@ -182,7 +192,7 @@ class Scenario:
             self.log.append(f"not run (needs a CUDA GPU; tests/test_cuda.py covers it where one is): {where}")
             return
         args = list(args)
-        if _has(args, "--data-root"):  # the README's own data root (e.g. /data) is not here
+        if _has(args, "--data-root"):  # the page's own data root (e.g. /data) is not here
             value = _option(args, "--data-root")
             args = [str(self.absent_root) if a == value else a.replace(f"={value}", f"={self.absent_root}")
                     for a in args]
@@ -227,7 +237,7 @@ class Scenario:
 
     # ------------------------------------------------------------------ Python snippets
     def python(self, snippet: Snippet) -> None:
-        where = f"README.md:{snippet.line} (python)"
+        where = f"{snippet.source}:{snippet.line} (python)"
         path = self.folder / "snippet.py"
         path.write_text(snippet.text)
         try:
@@ -238,13 +248,14 @@ class Scenario:
                  if "name" in cls.body and cls.derives_from(plugins.KINDS[kind])}
         if not kinds:
             code = compile(snippet.text, where, "exec")
-            exec(code, {"__name__": "__main__"})  # noqa: S102 - the README's own example
+            exec(code, {"__name__": "__main__"})  # noqa: S102 - the page's own example
             runner.load_dataset.cache_clear()  # it may have written a dataset's files
             self.log.append(f"ran as a script: {where}")
             return
         for kind in kinds:
             before = set(plugins.load(kind))
-            target = self.plugin_root / kind / f"readme_{snippet.line}.py"
+            module = re.sub(r"\W", "_", Path(snippet.source).stem)  # docs/protocols-and-metrics.md: no '-'
+            target = self.plugin_root / kind / f"{module}_{snippet.line}.py"
             target.write_text(snippet.text)
             plugins.load.cache_clear()
             added = set(plugins.load(kind)) - before
@@ -294,10 +305,16 @@ def run_section(snippets: list[Snippet], scenario: Scenario) -> list[str]:
     return scenario.log
 
 
-SECTIONS = sections(README.read_text())
+def _relative(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
 
 
-@pytest.mark.parametrize("section", list(SECTIONS))
+#: (document, ``## `` heading) -> its snippets, every document in DOCUMENTS' order.
+SECTIONS = {(_relative(path), name): snippets for path in DOCUMENTS
+            for name, snippets in sections(path.read_text(), _relative(path)).items()}
+
+
+@pytest.mark.parametrize("section", list(SECTIONS), ids=[f"{doc}::{name}" for doc, name in SECTIONS])
 def test_readme_section_runs_as_documented(section, tmp_path, monkeypatch, capsys):
     log = run_section(SECTIONS[section], Scenario(tmp_path / "scenario", monkeypatch, capsys))
     print("\n".join(log))  # shown with -rP: what ran, how long it took, what was not run and why
@@ -305,13 +322,87 @@ def test_readme_section_runs_as_documented(section, tmp_path, monkeypatch, capsy
 
 
 def test_every_bench_subcommand_the_readme_documents_is_run_somewhere():
-    """A guard on this test's own reach: the README's commands are found and each subcommand is
-    among them (a parser that found nothing would pass every section vacuously)."""
+    """A guard on this test's own reach: the documents' commands are found and each subcommand is
+    among them (a parser that found nothing would pass every section vacuously), and every page of
+    docs/ is among the documents read."""
     found = {next((a for a in args if a in SUBCOMMANDS), None)
              for snippets in SECTIONS.values() for s in snippets if s.language != "python"
              for argv in commands(s) if (args := bench_args(argv)) is not None}
     assert set(SUBCOMMANDS) <= found
     assert sum(s.language == "python" for snippets in SECTIONS.values() for s in snippets) >= 2
+    assert {doc for doc, _ in SECTIONS} >= {"README.md", "docs/methods.md", "docs/datasets.md"}
+
+
+# ---------------------------------------------------------------------- links and length
+#: A Markdown link ``[text](target)`` (an image ``![...]`` too); its text may wrap lines.
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+FENCE = re.compile(r"^```.*?^```[^\n]*$", re.M | re.S)
+INLINE_CODE = re.compile(r"`[^`]*`")
+
+
+def _blank(match: re.Match) -> str:
+    """The matched text with every character but newlines blanked, so line numbers stay."""
+    return re.sub(r"[^\n]", " ", match.group())
+
+
+def prose(text: str) -> str:
+    """``text`` without its code blocks and code spans (a link shown as code is not a link)."""
+    return INLINE_CODE.sub(_blank, FENCE.sub(_blank, text))
+
+
+def anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a document's headings: lower case, punctuation dropped (``-`` and
+    ``_`` kept), spaces to ``-``; a repeated one gets ``-1``, ``-2``, ..."""
+    seen: dict[str, int] = {}
+    out = set()
+    for line in FENCE.sub(_blank, text).splitlines():
+        if match := re.match(r"#{1,6} +(.+?)\s*#*\s*$", line):
+            slug = re.sub(r"[^\w\- ]", "", match.group(1).lower()).replace(" ", "-")
+            out.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+            seen[slug] = seen.get(slug, 0) + 1
+    return out
+
+
+def broken_links(path: Path) -> list[str]:
+    """Every relative link of ``path`` whose file is missing, or whose ``#anchor`` names no heading
+    of its (Markdown) file, as ``file:line: target (why)``."""
+    text, out = path.read_text(), []
+    for match in LINK.finditer(prose(text)):
+        target = match.group(1)
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto: ...: not checked offline
+            continue
+        file, _, anchor = target.partition("#")
+        resolved = (path.parent / file).resolve() if file else path
+        name = _relative(path) if path.is_relative_to(ROOT) else path.name
+        where = f"{name}:{text.count(chr(10), 0, match.start()) + 1}: {target}"
+        if not resolved.exists():
+            out.append(f"{where} (no file {resolved})")
+        elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved.read_text()):
+            out.append(f"{where} (no heading #{anchor} in {resolved.name})")
+    return out
+
+
+@pytest.mark.parametrize("path", DOCUMENTS, ids=_relative)
+def test_every_relative_link_reaches_a_file_and_heading(path):
+    assert broken_links(path) == []
+
+
+def test_a_broken_link_is_found_with_its_line(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("# A page\n\n## Its `--tune` part\n")
+    page = tmp_path / "README.md"
+    page.write_text("# Front\n[fine](docs/a.md#its---tune-part) [also fine](#front)\n"
+                    "`[code](nowhere.md)` and\n```\n[in a block](nowhere.md)\n```\n"
+                    "[gone](docs/b.md) [wrong\nheading](docs/a.md#its-tune-part) [web](https://example.org/x)\n")
+    assert broken_links(page) == [f"README.md:7: docs/b.md (no file {tmp_path / 'docs' / 'b.md'})",
+                                  "README.md:7: docs/a.md#its-tune-part (no heading #its-tune-part in a.md)"]
+
+
+def test_the_readme_is_a_front_page_that_links_every_docs_page():
+    text = README.read_text()
+    assert len(text.splitlines()) < README_MAX_LINES
+    linked = {(README.parent / m.group(1).partition("#")[0]).resolve() for m in LINK.finditer(prose(text))}
+    assert [_relative(path) for path in DOCUMENTS[1:] if path.resolve() not in linked] == []
 
 
 BROKEN = """
@@ -328,15 +419,16 @@ make install
 """
 
 
-@pytest.mark.parametrize("text, message", [
-    (BROKEN, "README.md:3: `bench run --method br --dataset yeast --set C=abc` (run as "),
-    (BROKEN.replace("bench run", "BENCH_THREADS=0 bench run").replace(" --set C=abc", ""),
+@pytest.mark.parametrize("text, source, message", [
+    (BROKEN, "README.md", "README.md:3: `bench run --method br --dataset yeast --set C=abc` (run as "),
+    (BROKEN, "docs/methods.md", "docs/methods.md:3: `bench run --method br --dataset yeast --set C=abc` (run as "),
+    (BROKEN.replace("bench run", "BENCH_THREADS=0 bench run").replace(" --set C=abc", ""), "README.md",
      "README.md:3: `BENCH_THREADS=0 bench run --method br --dataset yeast` (run as "),
-    (BROKEN.replace("yeast", "yaest"), "exited 2: bench: error: unknown dataset 'yaest'"),
-    (UNKNOWN, "README.md:3: `make install` is neither a bench command nor listed in NOT_RUN"),
+    (BROKEN.replace("yeast", "yaest"), "README.md", "exited 2: bench: error: unknown dataset 'yaest'"),
+    (UNKNOWN, "docs/development.md", "docs/development.md:3: `make install` is neither a bench command nor listed in NOT_RUN"),
 ])
-def test_a_broken_or_unlisted_readme_command_fails_naming_its_line(text, message, tmp_path, monkeypatch, capsys):
-    [snippets] = sections(text).values()
+def test_a_broken_or_unlisted_readme_command_fails_naming_its_line(text, source, message, tmp_path, monkeypatch, capsys):
+    [snippets] = sections(text, source).values()
     with pytest.raises(AssertionError, match=re.escape(message)):
         run_section(snippets, Scenario(tmp_path / "scenario", monkeypatch, capsys))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
 from conftest import check_golden, check_latex_shape
 from statsmodels.stats.multitest import multipletests
 
@@ -199,3 +200,68 @@ def test_cli_report_with_one_method_on_two_datasets_builds_no_ranking(tmp_path, 
     assert lines == ["leaderboard not built: the leaderboard ranks rows (methods) against each other and needs at "
                      "least 2 with results on every dataset (d1, d2); found 1 (br)"]
     assert "(rank)" not in out and not (tmp_path / "reports" / "leaderboard.md").exists()
+
+
+# --------------------------------------------------------------------------- within one table, over runs
+def _run_records(values: dict[str, list[float]], metric="mAP"):
+    """One record per (row, fold) with ``metric`` = the given value (10-fold layout)."""
+    from bench.results import Knowledge, from_records
+
+    records = []
+    for method, per_fold in values.items():
+        for fold, v in enumerate(per_fold):
+            if v is None:
+                continue
+            records.append({
+                "job_id": f"{method}{fold}",
+                "config": {"method": method, "dataset": "tiny", "params": {}, "protocol": "kfold",
+                           "n_folds": len(per_fold), "fold": fold, "seed": 0, "split_hash": f"h{fold}",
+                           "data_fingerprint": "f"},
+                "overrides": {}, "metrics": {metric: v, "hamming_loss": 0.1}, "timings": {"fit_s": 0.1},
+            })
+    return from_records(records, knowledge=Knowledge(), warn=False)
+
+
+def test_run_tests_pair_rows_by_fold_like_scipy_and_statsmodels():
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.6, 0.9, 10)
+    values = {"a": list(base + 0.02), "b": list(base + rng.normal(0, 0.01, 10)), "c": list(base - 0.03)}
+    results = _run_records(values)
+    rows = results.by_table()[("tiny", "kfold", 10)]
+    from bench.stats import run_tests
+
+    (test,) = run_tests(results, rows, ["mAP"])
+    assert test.n_datasets == 10  # the blocks are the ten folds
+    frame = test.wilcoxon.set_index(["a", "b"])
+    expected_p = {}
+    for x, y in [("a", "b"), ("a", "c"), ("b", "c")]:
+        expected_p[x, y] = scipy.stats.wilcoxon(values[x], values[y], zero_method="zsplit").pvalue
+        assert frame.loc[(x, y), "p"] == pytest.approx(expected_p[x, y])
+    holm_p = multipletests(list(expected_p.values()), method="holm")[1]
+    assert frame["p_holm"].to_numpy() == pytest.approx(holm_p)
+    # a beats c on every fold: the exact two-sided p of 10 wins out of 10 is 2 / 2**10
+    assert frame.loc[("a", "c"), "p"] == pytest.approx(2 / 2**10)
+    assert frame.loc[("a", "c"), "better"] == "a" and frame.loc[("a", "c"), "wins_a"] == 10
+
+
+def test_run_tests_use_shared_runs_only_and_need_six():
+    from bench.stats import run_tests
+
+    five = _run_records({"a": [0.9, 0.8, 0.7, 0.6, 0.5], "b": [0.1, 0.2, 0.3, 0.4, 0.45]})
+    assert run_tests(five, five.by_table()[("tiny", "kfold", 5)], ["mAP"]) == []  # p < 0.05 is out of reach
+    # b lacks fold 9: the pair is tested over the nine folds both have; c has one run: left out
+    results = _run_records({"a": [0.9] * 10, "b": [0.8] * 9 + [None], "c": [0.5] + [None] * 9})
+    (test,) = run_tests(results, results.by_table()[("tiny", "kfold", 10)], ["mAP"])
+    assert test.n_datasets == 9 and test.left_out == ["c"]
+    assert list(test.wilcoxon[["a", "b"]].itertuples(index=False, name=None)) == [("a", "b")]
+    assert test.wilcoxon.loc[0, "p"] == pytest.approx(2 / 2**9)
+
+
+def test_reports_write_the_pairwise_tests_of_each_main_table(tmp_path):
+    from bench.report import write_reports
+
+    results = _run_records({"a": [0.9] * 10, "b": [0.8] * 10})
+    _, written = write_reports(results, tmp_path)
+    text = (tmp_path / "tiny__kfold10__wilcoxon.md").read_text()
+    assert "over the runs" in text and "| mAP | a vs b | 10 |" in text
+    assert (tmp_path / "tiny__kfold10__wilcoxon.tex") in written
