@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tune", dest="tune", action="append", default=[], metavar="KEY=V1,V2,...",
                      help="choose a hyper-parameter inside each job on its training part's validation carve-out "
                           "(repeatable; 'method.key=...' scopes it; sets or overrides a method's own search, "
-                          "e.g. RETDM's alpha; see README 'In-fold selection')")
+                          "e.g. RETDM's alpha; see docs/tuning.md)")
     run.add_argument("--paper-defaults", action="store_true",
                      help="leave out the settings a dataset declares for its scale (e.g. mnist-mosaic's small "
                           "CNN and short schedule): every method runs with its paper's defaults")
@@ -218,7 +218,7 @@ def _dataset_status(name: str, cls: type, root: Path) -> str:
         return plugins.load_dataset(name, str(root)).summary()
     if cls().is_available(root):  # not loaded here: reading COCO's annotations takes a while
         return "files present under the data root"
-    hint = f"`bench fetch {name}`" if _fetchable(cls) else "README 'Datasets on disk'"
+    hint = f"`bench fetch {name}`" if _fetchable(cls) else "docs/datasets.md, 'Datasets on disk'"
     return f"files not found under the data root (see {hint})"
 
 
@@ -270,7 +270,7 @@ def _present(names: list[str], root: Path) -> list[str]:
     if fetchable:
         reasons.append(f"{', '.join(fetchable)} (files absent: see `bench fetch NAME`)")
     if by_hand:
-        reasons.append(f"{', '.join(by_hand)} (files absent: see README 'Datasets on disk')")
+        reasons.append(f"{', '.join(by_hand)} (files absent: see docs/datasets.md, 'Datasets on disk')")
     if broken:
         reasons.append(f"broken: {'; '.join(broken)}")
     if reasons:

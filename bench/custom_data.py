@@ -2,7 +2,7 @@
 
 The plug-in ``datasets/custom.py`` registers ``custom-images`` and ``custom-views`` (fixed folders
 under the data root); subclass :class:`ImageFolderCSV` or :class:`MultiViewFiles` in a plug-in
-file of your own, setting ``name`` (and ``folder``, default: the name), to register more (README,
+file of your own, setting ``name`` (and ``folder``, default: the name), to register more (docs/datasets.md,
 "Bring your own data"). The classes live here, in the installed core, so that any plug-in file
 can import them.
 

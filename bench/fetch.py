@@ -51,7 +51,7 @@ def archives_of(name: str) -> tuple[Archive, ...]:
     archives = cls.archives() if hasattr(cls, "archives") else ()
     if not archives:
         raise BenchError(f"dataset {name!r} has no public download with a checksum; place its files "
-                         "under the data root by hand (README, 'Datasets')")
+                         "under the data root by hand (docs/datasets.md, 'Datasets on disk')")
     return tuple(archives)
 
 
@@ -98,7 +98,7 @@ def _download(archive: Archive, target: Path, data_root: Path, keep_archives: bo
                          f"check (expected {archive.md5}): {exc}") from None
     except URLError as exc:  # offline, DNS, connection refused
         raise BenchError(f"cannot download {archive.url} ({exc.reason}); are you offline? Put the "
-                         f"files under {data_root} by hand (README, 'Datasets')") from None
+                         f"files under {data_root} by hand (docs/datasets.md, 'Datasets on disk')") from None
     except OSError as exc:  # disk full, no permission: writing or extracting, not the network
         raise BenchError(f"{target / archive.filename}: cannot write or extract ({exc})") from None
     except Exception as exc:  # a corrupt archive: tarfile/zipfile errors

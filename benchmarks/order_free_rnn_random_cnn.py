@@ -1,7 +1,7 @@
 """Why Order-Free RNN learnt little over a frozen *random* CNN: the size of its features.
 
 On ``mnist-mosaic`` Order-Free RNN once ran over the dataset's ``small-cnn`` kept frozen at its
-random initialisation (mAP 0.335 for every row; README, "Order-Free RNN"). This prints, for that
+random initialisation (mAP 0.335 for every row; docs/methods.md, "Order-Free RNN"). This prints, for that
 CNN seeded as the method seeds it (``seed_all(random_state=0)`` before building it), the mean
 absolute value of its mean-pooled maps and their spread across images, and the test mAP a
 one-vs-rest logistic regression (scikit-learn) reaches on the same pooled maps once standardised,

@@ -18,7 +18,7 @@ The rule, fixed before the sweep was run: for each dataset and each metric of RM
 (``METRIC_SETS["multimodal"]``), rank the candidates by their mean selection-part score over the
 10 folds; the criterion with the lowest average rank over all (dataset, metric) pairs wins; ties go
 to ``val_loss``. The outer test folds are never read. ``bench run`` then reports RMLC with the
-winning criterion as its default (README, "Measured so far").
+winning criterion as its default (docs/methods.md, "RMLC").
 
 Run from the checkout (one torch thread per process; each dataset takes minutes)::
 

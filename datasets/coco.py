@@ -55,8 +55,8 @@ def load_instances(path: Path):
     from pycocotools.coco import COCO
 
     if not path.is_file():
-        raise BenchError(f"{path}: annotation file not found (COCO 2014 layout expected; see README "
-                         "'Datasets' or run `bench fetch coco2014`)")
+        raise BenchError(f"{path}: annotation file not found (COCO 2014 layout expected; see docs/datasets.md "
+                         "or run `bench fetch coco2014`)")
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             return COCO(str(path))

@@ -1,4 +1,4 @@
-"""``custom-images`` and ``custom-views``: benchmark your own data (README, "Bring your own data").
+"""``custom-images`` and ``custom-views``: benchmark your own data (docs/datasets.md, "Bring your own data").
 
 ``custom-images`` reads ``<data root>/custom-images/labels.csv`` (columns ``image``, optional
 ``split``, one 0/1 column per label) and the files under ``custom-images/images/``.

@@ -353,7 +353,7 @@ class MnistMosaic(Dataset):
                       "order_free_rnn.image_size": 224, "order_free_rnn.map_epochs": 80,
                       # RETDM and its ablations (issue 26): the paper's batch of 256 leaves a fold's ~900
                       # training images 4 steps per epoch, 32 gives 28; 20 epochs (the paper: "converges
-                      # after about 20"), as the image path learns from scratch here (README, RETDM).
+                      # after about 20"), as the image path learns from scratch here (docs/methods.md, RETDM).
                       "retdm.batch_size": 32, "retdm.epochs": 20}
 
     def __init__(self, n_samples: int = 2000, seed: int = 0, grid: int = 2):

@@ -59,7 +59,7 @@ RMLC_CITATION = (
     "Multi-label Learning (RMLC), Table II; sets of the Nanjing University group's papers (CS3G, ICDM "
     "2016; DMP, ACML 2017; MCC, arXiv 1907.11857)."
 )
-WHERE_TO_GET = "these sets are not public; ask their authors (README 'Datasets', multimodal)"
+WHERE_TO_GET = "these sets are not public; ask their authors (docs/datasets.md, 'Datasets on disk')"
 
 
 class MatMultiModal(Dataset):

@@ -76,8 +76,8 @@ def _torchvision_archives(*keys: str) -> tuple[Archive, ...]:
 def read_image_set(path: Path) -> list[str]:
     """Image ids of ``ImageSets/Main/<set>.txt`` (one id per line)."""
     if not path.is_file():
-        raise BenchError(f"{path}: image set file not found (VOCdevkit layout expected; see README "
-                         "'Datasets' or run `bench fetch`)")
+        raise BenchError(f"{path}: image set file not found (VOCdevkit layout expected; see docs/datasets.md "
+                         "or run `bench fetch`)")
     ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
     if not ids:
         raise BenchError(f"{path}: image set file lists no image")

@@ -130,7 +130,7 @@ features still improves on the validation part after 10 epochs at Adam 3e-4). Ov
 initialised* frozen CNN (the small CNN that the methods which train theirs get) the method
 learnt little (mAP 0.335): those maps are informative once standardised but tiny and nearly
 constant across images, so Adam at 3e-4 barely moves the logits in the short schedule
-(``benchmarks/order_free_rnn_random_cnn.py``; README). ``--paper-defaults`` asks for ResNet-152's
+(``benchmarks/order_free_rnn_random_cnn.py``; docs/methods.md). ``--paper-defaults`` asks for ResNet-152's
 ImageNet weights in the torch cache at 448 px.
 """
 

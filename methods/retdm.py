@@ -47,7 +47,7 @@ The model (names as in the paper; code in :class:`RETDMHead` and the loss functi
   cross validation" and reports insensitivity over wide ranges (Fig. 5): here α is chosen inside
   each job on the training part's validation carve-out (the class's ``search``, α ∈ {0.1, 0.01,
   0.001} on validation mAP; :mod:`bench.tuning`), never on a test fold; β = 1 (L_rec reaches the
-  prediction only through ψ's effect on the metric; README, RETDM, has the validation numbers).
+  prediction only through ψ's effect on the metric; docs/methods.md, RETDM, has the validation numbers).
   ``--set alpha=1.0`` runs a fixed α (no search), ``--tune alpha=...,beta=...`` another grid.
   The constructor defaults α = β = 1 are what a fixed run uses.
 * Training scheme (Section III, end): (1) fine-tune the classification path alone
@@ -129,7 +129,7 @@ On the default ``mnist-mosaic`` the dataset's scale defaults give a small CNN fr
 native 56 px, and to RETDM and its ablations (``retdm.``-scoped settings) batches of 32 (the
 paper's 256 leave a fold's ~900 training images 4 steps per epoch) and 20 epochs (stages of 6, 4
 and 10; at 10 the image path learnt from scratch is still far from trained); ``--set
-inputs=features`` trains on its feature views instead (README, RETDM).
+inputs=features`` trains on its feature views instead (docs/methods.md, RETDM).
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ Choices where the paper is silent (NOTES.md [choice] or ours; all constructor ar
   any ``val_<metric>`` of ``bench.metrics`` chooses another. It was chosen on validation data only,
   by a rule fixed before the sweep: a nested split inside each training part of the 10 folds of
   ``mnist-mosaic`` and ``yeast``, the candidates ranked on RMLC's six table metrics of a held-out
-  part of the training data (``benchmarks/rmlc_early_stopping.py``; README, "Measured so far").
+  part of the training data (``benchmarks/rmlc_early_stopping.py``; docs/methods.md, "RMLC").
   The validation BCE, the earlier default, stops too early on ``mnist-mosaic`` (epoch 5).
 * ``s_init="zeros"``: S starts at zero (the network starts as RMLC_NS and learns correlations
   from there); ``"uniform"`` draws it U(-1/√L, 1/√L) like the other weights. The LSTM weights start

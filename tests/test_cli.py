@@ -588,7 +588,7 @@ def test_dataset_all_names_what_it_skips_and_why_in_one_line(isolated, tmp_path,
     skipped, total = map(int, re.match(r"--dataset all: skipping (\d+) of (\d+) dataset\(s\) not usable under ", line).groups())
     assert line.startswith(f"--dataset all: skipping {skipped} of {total} dataset(s) not usable under {tmp_path / 'data'}: ")
     assert "coco2014, voc2007, voc2012 (files absent: see `bench fetch NAME`)" in line
-    assert "nus-wide, nus-wide-features, scene, taobao (files absent: see README 'Datasets on disk')" in line
+    assert "nus-wide, nus-wide-features, scene, taobao (files absent: see docs/datasets.md, 'Datasets on disk')" in line
     assert "broken: zbroken (plug-in file" in line and "no_such_module_anywhere" in line
     assert "\n## Datasets on disk " in (ROOT / "README.md").read_text()  # the section the hint names
     stored = {p.parent.parent.name for p in (tmp_path / "results").rglob("*.json")}

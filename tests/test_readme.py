@@ -66,7 +66,7 @@ NOT_RUN = (
 )
 #: The one-line errors of the commands that cannot work offline, as docs/cli.md documents them.
 FETCH_OFFLINE = re.compile(r"bench: error: cannot download \S+ \(.+\); are you offline\? Put the files under \S+ "
-                           r"by hand \(README, 'Datasets'\)")
+                           r"by hand \(docs/datasets.md, 'Datasets on disk'\)")
 ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 FILES_ABSENT = r"bench: error: {root}/\S+: .*not found.*"
 
