@@ -280,9 +280,9 @@ RUNS_CAPTION = ("Wilcoxon signed-rank tests over the runs (folds x seeds) of one
 
 def run_tests(results, rows, metrics: list[str]) -> list[MetricTest]:
     """For each metric, every pair of one table's ``rows`` (a :class:`bench.results.Results`' rows):
-    Wilcoxon over the runs every compared row has, Holm-corrected. Rows without a value in every
-    one of those runs are left out; a metric with fewer than :data:`MIN_RUNS_WILCOXON` shared runs
-    or one row left is not tested."""
+    Wilcoxon paired by run, Holm-corrected. A row with a value in fewer than half the runs is left
+    out; the others are compared over the runs all of them have. A metric with fewer than
+    :data:`MIN_RUNS_WILCOXON` such runs, or fewer than two rows, is not tested."""
     tests = []
     for metric in metrics:
         matrix = results.run_values(rows, metric).dropna(axis=1, how="all")
