@@ -18,6 +18,8 @@ images), with the defaults and the dataset's scale settings, exactly as ``bench 
   default one-stage loop (:meth:`DeepMethod.training_loss`): RETDM's three stages and neighbour
   batches, RMLC's per-modality updates and the Order-Free RNN's map stage + RNN have no single
   "same loop" to compare with (shown as ``-``);
+* the same plain loop in NCHW (the layout the harness trained in on the CPU before it switched to
+  NHWC) and in NHWC under bf16 autocast (not used by the harness on the CPU: see docs/speed.md);
 * **GFLOP/img** (forward + backward of one training batch, ``torch.utils.flop_counter``, divided by
   the batch) and **GFLOP/s** achieved by the harness and by the plain loop; **ratio** = harness
   img/s / plain img/s (the target is >= 0.8: the harness may cost at most a fifth over the model).
@@ -82,15 +84,23 @@ def uses_default_loop(method) -> bool:
             and getattr(method, "inputs_", None) == "image")
 
 
-def plain_loop(method, train, epochs: int) -> tuple[float, float]:
-    """(images/s, GFLOP per image) of a plain loop of the method's network on the training part."""
+#: The plain loop's variants: the memory format of images and weights, and bf16 autocast.
+PLAIN_VARIANTS = {"NHWC": ("channels_last", False), "NCHW": ("contiguous_format", False), "NHWC+bf16": ("channels_last", True)}
+
+
+def plain_loop(method, train, epochs: int, variant: str = "NHWC") -> tuple[float, float]:
+    """(images/s, GFLOP per image) of a plain loop of the method's network on the training part,
+    in one of :data:`PLAIN_VARIANTS` (the harness trains NHWC in float32 on the CPU)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from bench.image import to_chw_rgb
-    from bench.training import Batch
+    from bench.training import Batch, full_precision
 
+    layout, bf16 = PLAIN_VARIANTS[variant]
     model = method.model_
+    model.to(memory_format=getattr(torch, layout))
+    method.encoder_.channels_last = layout == "channels_last"  # the input's layout follows
     model.train()
     images = torch.stack([to_chw_rgb(a) for a in train.image_view.array])
     y = torch.as_tensor(train.Y, dtype=torch.float32)
@@ -99,7 +109,9 @@ def plain_loop(method, train, epochs: int) -> tuple[float, float]:
 
     def step(idx):
         batch = Batch(images[idx], y[idx], idx)
-        total, _ = method.compute_loss(method.forward_train(model, batch), batch.y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            outputs = method.forward_train(model, batch)
+        total, _ = method.compute_loss(full_precision(outputs), batch.y)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
@@ -133,10 +145,12 @@ def measure(method_name: str, threads: int, plain_epochs: int, store: Path) -> d
         seen = row["epochs"] * n_fit * row["candidates"]  # examples the loop consumed, every candidate's fit
         row["img_s"] = seen / row["fit_s"] if seen else float("nan")
         method, train = untrained_method(job)
-        if uses_default_loop(method):
-            row["plain_img_s"], row["gflop_img"] = plain_loop(method, train, plain_epochs)
-        else:
-            row["plain_img_s"], row["gflop_img"] = float("nan"), float("nan")
+        for variant in PLAIN_VARIANTS:
+            if uses_default_loop(method):
+                row[variant], row["gflop_img"] = plain_loop(method, train, plain_epochs, variant)
+            else:
+                row[variant], row["gflop_img"] = float("nan"), float("nan")
+        row["plain_img_s"] = row["NHWC"]
     return row
 
 
@@ -152,7 +166,7 @@ def main(argv=None) -> None:
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores; threads per job: {args.threads}; "
           f"mnist-mosaic, fold 1 of 10, defaults + scale settings, CPU; {time.strftime('%Y-%m-%d %H:%M %Z')}")
     header = ("method", "fit s", "predict s", "epochs", "cands", "img/s", "plain img/s", "ratio", "GFLOP/img",
-              "GFLOP/s", "plain GFLOP/s", "mAP", "load before/after")
+              "GFLOP/s", "plain GFLOP/s", "plain NCHW img/s", "plain NHWC+bf16 img/s", "mAP", "load before/after")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for name in args.methods.split(","):
@@ -163,6 +177,7 @@ def main(argv=None) -> None:
         cells = (name, f"{r['fit_s']:.1f}", f"{r['predict_s']:.1f}", r["epochs"], r["candidates"], _f(r['img_s'], '.0f'),
                  _f(r["plain_img_s"], ".0f"), _f(ratio, ".2f"), _f(r["gflop_img"], ".3f"),
                  _f(r["img_s"] * r["gflop_img"], ".1f"), _f(r["plain_img_s"] * r["gflop_img"], ".1f"),
+                 _f(r["NCHW"], ".0f"), _f(r["NHWC+bf16"], ".0f"),
                  f"{r['mAP']:.3f}", f"{before:.1f}/{after:.1f}")
         print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
 
