@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=["md", "latex", "both"], default="both")
     report.add_argument("--dataset", default=None, help="only these dataset(s), comma-separated")
     report.add_argument("--method", default=None, help="only these method(s), comma-separated")
+    report.add_argument("--metrics", default=None,
+                        help="only these metric columns, comma-separated, in this order (e.g. mAP,OF1,CF1; "
+                             "default: each dataset's papers' set; names: docs/protocols-and-metrics.md)")
     report.add_argument("--out", type=Path, default=None, help="output folder (default: ./reports)")
     report.add_argument("--with-paper", action="store_true",
                         help="print each table's rows beside the numbers the papers publish for that dataset")
@@ -347,11 +350,12 @@ def cmd_report(args) -> int:
     formats = ("md", "latex") if args.format == "both" else (args.format,)
     datasets = args.dataset.split(",") if args.dataset else None
     methods = args.method.split(",") if args.method else None
+    metrics = _metric_names(args.metrics)
     store_root = args.results or default_results()
     results = results_layer.load(ResultStore(store_root), datasets, methods,
                                  data_root=args.data_root or default_data_root(), smoke=args.smoke)
     out_dir = writable_folder(_reports_folder(args.out, args.smoke), "reports", "--out or $BENCH_REPORTS")
-    tables, written = write_reports(results, out_dir, formats, leaderboard=not args.no_leaderboard)
+    tables, written = write_reports(results, out_dir, formats, leaderboard=not args.no_leaderboard, metrics=metrics)
     if not tables:
         what = "smoke run" if args.smoke else "finished run"
         raise BenchError(f"no {what} in {store_root}; start with `bench run --method br{' --smoke' * args.smoke}`")
@@ -361,6 +365,20 @@ def cmd_report(args) -> int:
     print(f"wrote {len(written)} file(s) to {written[0].parent}")
     _figures_and_tracking(args, store_root, out_dir, results, tables, written)
     return 0
+
+
+def _metric_names(spec: str | None) -> list[str] | None:
+    """``--metrics``: the names, checked against :data:`bench.metrics.METRICS` before any work."""
+    if not spec:
+        return None
+    from bench.metrics import METRICS
+
+    names = [m.strip() for m in spec.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METRICS]
+    if unknown or not names:
+        raise BenchError(f"--metrics: unknown metric(s) {', '.join(unknown) or '(none given)'}; "
+                         f"expected names among {', '.join(METRICS)}")
+    return names
 
 
 def _reports_folder(out: Path | None, smoke: bool) -> Path:

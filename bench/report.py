@@ -108,7 +108,7 @@ def _family_order(row: Row) -> tuple:
     return (row.method != row.family, row.method, bool(row.readout), bool(row.overrides), row.label)
 
 
-def build_ablation_tables(results: Results) -> list[Table]:
+def build_ablation_tables(results: Results, metrics: list[str] | None = None) -> list[Table]:
     """One table per method family with at least two rows on a (dataset, protocol).
 
     A family is a method, the methods whose ``ablation_of`` names it, their runs with
@@ -116,7 +116,7 @@ def build_ablation_tables(results: Results) -> list[Table]:
     """
     tables = []
     for (dataset, protocol, n_folds), rows in results.by_table(readouts=True).items():
-        columns = results.metric_columns(dataset)
+        columns = results.metric_columns(dataset, metrics)
         families: dict[str, list[Row]] = defaultdict(list)
         for row in rows:
             families[row.family].append(row)
@@ -131,14 +131,17 @@ def build_ablation_tables(results: Results) -> list[Table]:
     return tables
 
 
-def build_all_tables(results: Results) -> list[Table]:
-    """Main, per-class AP and ablation tables (the leaderboard is :mod:`bench.stats`)."""
+def build_all_tables(results: Results, metrics: list[str] | None = None) -> list[Table]:
+    """Main, per-class AP and ablation tables (the leaderboard is :mod:`bench.stats`); ``metrics``
+    fixes the columns of the main and ablation tables (default: each dataset's papers' set)."""
     if not results:
         return []
-    return build_tables(results) + build_per_class_tables(results) + build_ablation_tables(results)
+    return (build_tables(results, metrics) + build_per_class_tables(results)
+            + build_ablation_tables(results, metrics))
 
 
-def write_pair_tests(results: Results, out_dir: Path, formats=("md", "latex")) -> list[Path]:
+def write_pair_tests(results: Results, out_dir: Path, formats=("md", "latex"),
+                     metrics: list[str] | None = None) -> list[Path]:
     """``<slug>__wilcoxon.{md,tex}`` for each main table: its rows compared pairwise over the runs
     they share (:func:`bench.stats.write_run_tests`)."""
     written = []
@@ -147,23 +150,24 @@ def write_pair_tests(results: Results, out_dir: Path, formats=("md", "latex")) -
             continue
         from bench.stats import write_run_tests  # scipy only when a table has rows to compare
 
-        written += write_run_tests(results, rows, results.metric_columns(dataset),
+        written += write_run_tests(results, rows, results.metric_columns(dataset, metrics),
                                    table_slug(dataset, protocol, n_folds), out_dir, formats)
     return written
 
 
 def write_reports(results: Results, out_dir: Path, formats=("md", "latex"),
-                  leaderboard: bool = True) -> tuple[list[Table], list[Path]]:
+                  leaderboard: bool = True, metrics: list[str] | None = None) -> tuple[list[Table], list[Path]]:
     """Every table of ``results`` into ``out_dir``.
 
     Writes the main, per-class AP and ablation tables (``<slug>.{md,tex}``), the pairwise tests
     of each main table's rows over its runs (``<slug>__wilcoxon.{md,tex}``) and, with
     ``leaderboard``, the cross-dataset leaderboard, its tests and critical-difference diagrams
     (:func:`bench.stats.write_leaderboard`). Returns the tables (the leaderboard's included) and
-    the files written, figures last.
+    the files written, figures last. ``metrics``: the columns of the main and ablation tables and
+    the metrics tested (default: each dataset's papers' set).
     """
-    tables = build_all_tables(results)
-    written = write_tables(tables, out_dir, formats) + write_pair_tests(results, out_dir, formats)
+    tables = build_all_tables(results, metrics)
+    written = write_tables(tables, out_dir, formats) + write_pair_tests(results, out_dir, formats, metrics)
     main = [t for t in tables if t.kind == "main"]
     if leaderboard and len({t.dataset for t in main}) > 1:  # one dataset: no ranking (bench.stats says
         from bench.stats import write_leaderboard  # why); scipy.stats, scikit-posthocs only when one is built

@@ -41,6 +41,11 @@ def test_run_prints_every_metric_writes_reports_and_resumes(capsys, tmp_path):
     assert main(["report", "--format", "md"]) == 0
     assert "| br |" in capsys.readouterr().out
 
+    # --metrics: those columns only, in that order, in the tables and the pairwise tests
+    assert main(["report", "--format", "md", "--metrics", "mAP,hamming_loss"]) == 0
+    header = (tmp_path / "reports" / "tiny__kfold3.md").read_text().splitlines()[2]
+    assert header == "| Method | mAP ↑ | Hamming loss ↓ |"
+
 
 @pytest.mark.parametrize(
     "argv, message",
@@ -50,6 +55,7 @@ def test_run_prints_every_metric_writes_reports_and_resumes(capsys, tmp_path):
         (["run", "--method", "br", "--dataset", "tiny", "--set", "lr=1"], "no selected method has a hyper-parameter 'lr'"),
         (["run", "--method", "br", "--dataset", "tiny", "--protocol", "official"], "has no official train/test split"),
         (["report"], "bench: error: no finished run in"),
+        (["report", "--metrics", "mAP,map_at_5"], "bench: error: --metrics: unknown metric(s) map_at_5; expected names"),
     ],
 )
 def test_user_errors_are_one_line(argv, message, capsys):
