@@ -9,7 +9,8 @@ images), with the defaults and the dataset's scale settings, exactly as ``bench 
   included: RETDM fits one model per α candidate), its record's timings;
 * **img/s**: training examples the loop consumed (the history's epochs x the training part, every
   candidate of a search) per second of fit;
-* **plain img/s**: a plain PyTorch loop over the same network and loss on the same training part:
+* **plain img/s**: the mean of two runs, one before and one after the job (both shown: on a
+  shared machine the load may change meanwhile), of a plain PyTorch loop over the same network and loss on the same training part:
   the method's network (built as its ``fit`` builds it, untrained) trained for ``--plain-epochs``
   epochs from in-memory tensors with SGD at the method's learning rate and batch size: shuffled
   index batches, forward
@@ -135,7 +136,13 @@ def measure(method_name: str, threads: int, plain_epochs: int, store: Path) -> d
     job = fold_job(method_name, 10, store)
     row = {"method": method_name}
     with thread_limits(threads):
+        method, train = untrained_method(job)
+        plain = uses_default_loop(method)
+        # the plain loop before and after the job, so that a load that changes meanwhile (a shared
+        # machine) moves both sides of the ratio alike
+        before = {v: plain_loop(method, train, plain_epochs, v) for v in PLAIN_VARIANTS} if plain else {}
         record, _ = execute(job, "cpu")  # the worker's own path: fit (its search included), predict, readouts
+        after = {v: plain_loop(method, train, plain_epochs, v) for v in PLAIN_VARIANTS} if plain else {}
         row["fit_s"], row["mAP"] = record["timings"]["fit_s"], record["metrics"]["mAP"]
         row["predict_s"] = record["timings"].get("predict_s", float("nan"))
         search = record.get("search") or {}
@@ -144,13 +151,11 @@ def measure(method_name: str, threads: int, plain_epochs: int, store: Path) -> d
         row["epochs"] = len(record.get("history") or [])
         seen = row["epochs"] * n_fit * row["candidates"]  # examples the loop consumed, every candidate's fit
         row["img_s"] = seen / row["fit_s"] if seen else float("nan")
-        method, train = untrained_method(job)
         for variant in PLAIN_VARIANTS:
-            if uses_default_loop(method):
-                row[variant], row["gflop_img"] = plain_loop(method, train, plain_epochs, variant)
-            else:
-                row[variant], row["gflop_img"] = float("nan"), float("nan")
+            row[variant] = (before[variant][0] + after[variant][0]) / 2 if plain else float("nan")
+        row["gflop_img"] = before["NHWC"][1] if plain else float("nan")
         row["plain_img_s"] = row["NHWC"]
+        row["plain_spread"] = (f"{before['NHWC'][0]:.0f}/{after['NHWC'][0]:.0f}" if plain else "-")
     return row
 
 
@@ -166,7 +171,8 @@ def main(argv=None) -> None:
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores; threads per job: {args.threads}; "
           f"mnist-mosaic, fold 1 of 10, defaults + scale settings, CPU; {time.strftime('%Y-%m-%d %H:%M %Z')}")
     header = ("method", "fit s", "predict s", "epochs", "cands", "img/s", "plain img/s", "ratio", "GFLOP/img",
-              "GFLOP/s", "plain GFLOP/s", "plain NCHW img/s", "plain NHWC+bf16 img/s", "mAP", "load before/after")
+              "GFLOP/s", "plain GFLOP/s", "plain NCHW img/s", "plain NHWC+bf16 img/s", "plain before/after img/s",
+              "mAP", "load before/after")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for name in args.methods.split(","):
@@ -177,7 +183,7 @@ def main(argv=None) -> None:
         cells = (name, f"{r['fit_s']:.1f}", f"{r['predict_s']:.1f}", r["epochs"], r["candidates"], _f(r['img_s'], '.0f'),
                  _f(r["plain_img_s"], ".0f"), _f(ratio, ".2f"), _f(r["gflop_img"], ".3f"),
                  _f(r["img_s"] * r["gflop_img"], ".1f"), _f(r["plain_img_s"] * r["gflop_img"], ".1f"),
-                 _f(r["NCHW"], ".0f"), _f(r["NHWC+bf16"], ".0f"),
+                 _f(r["NCHW"], ".0f"), _f(r["NHWC+bf16"], ".0f"), r["plain_spread"],
                  f"{r['mAP']:.3f}", f"{before:.1f}/{after:.1f}")
         print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
 
