@@ -379,22 +379,25 @@ def _run_figure(runs: pd.DataFrame, metric: str, key: tuple[str, str, int], colo
     from matplotlib.figure import Figure
 
     labels = list(runs.columns)
-    fig = Figure(figsize=(max(5.0, 0.75 * len(labels) + 1.5), 4.2))
+    width = max(5.0, 0.75 * len(labels) + 1.5)
+    fig = Figure(figsize=(width, 4.6))
     ax = fig.subplots()
     x = np.arange(len(labels))
-    for _, values in runs.iterrows():  # one faint line per run across the rows
-        ax.plot(x, values.to_numpy(dtype=float), color="0.8", lw=0.6, zorder=1)
+    # each run keeps one small offset in every row, so its grey line passes through its own dots
+    offsets = np.linspace(-0.12, 0.12, len(runs)) if len(runs) > 1 else np.zeros(len(runs))
+    for offset, (_, values) in zip(offsets, runs.iterrows(), strict=True):
+        ax.plot(x + offset, values.to_numpy(dtype=float), color="0.8", lw=0.6, zorder=1)
     for i, label in enumerate(labels):
-        values = runs[label].dropna().to_numpy(dtype=float)
-        jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(len(values))
-        ax.scatter(i + jitter, values, s=12, color=colours[label], zorder=3)
-        if len(values):
-            ax.hlines(values.mean(), i - 0.3, i + 0.3, color=colours[label], lw=2, zorder=4)
+        values = runs[label].to_numpy(dtype=float)
+        ax.scatter(i + offsets, values, s=12, color=colours[label], zorder=3)
+        if np.isfinite(values).any():
+            ax.hlines(np.nanmean(values), i - 0.3, i + 0.3, color=colours[label], lw=2, zorder=4)
     ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(_label(metric))
     dataset, protocol, n_folds = key
-    ax.set_title(f"{dataset}, {protocol_text(protocol, n_folds)}: {_label(metric)} of each run "
-                 "(dots; bar: mean; grey lines join a run across rows)", fontsize=9)
+    title = (f"{dataset}, {protocol_text(protocol, n_folds)}: {_label(metric)} of each run (dots; bar: the mean; "
+             "a grey line joins one run across the rows)")
+    ax.set_title(textwrap.fill(title, width=int(width * 14)), fontsize=9)
     fig.tight_layout()
     return Plot(f"runs_{table_slug(*key)}_{metric}", dataset, set(labels), fig)
 
