@@ -369,7 +369,7 @@ def cmd_report(args) -> int:
 
 def _metric_names(spec: str | None) -> list[str] | None:
     """``--metrics``: the names, checked against :data:`bench.metrics.METRICS` before any work."""
-    if not spec:
+    if spec is None:
         return None
     from bench.metrics import METRICS
 

@@ -56,6 +56,7 @@ def test_run_prints_every_metric_writes_reports_and_resumes(capsys, tmp_path):
         (["run", "--method", "br", "--dataset", "tiny", "--protocol", "official"], "has no official train/test split"),
         (["report"], "bench: error: no finished run in"),
         (["report", "--metrics", "mAP,map_at_5"], "bench: error: --metrics: unknown metric(s) map_at_5; expected names"),
+        (["report", "--metrics", ""], "bench: error: --metrics: unknown metric(s) (none given); expected names"),
     ],
 )
 def test_user_errors_are_one_line(argv, message, capsys):
