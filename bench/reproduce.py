@@ -70,7 +70,8 @@ class Reproduction:
 
     @property
     def slug(self) -> str:
-        return f"{_key(self.paper)}_{self.table}"
+        """The file name: ``der_II``, ``order_free_rnn_2`` (as the CSVs name the papers)."""
+        return f"{re.sub(r'[^0-9a-z]+', '_', self.paper.lower()).strip('_')}_{self.table}"
 
     @property
     def datasets(self) -> list[str]:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from test_datasets_nus_mir_scene_mm import msrc_file
-from test_datasets_voc_coco_custom import write_voc
+from test_datasets_voc_coco_custom import write_coco, write_voc
 
 from bench import reproduce
 from bench.cli import main
@@ -169,6 +169,33 @@ def test_der_table_ii_smoke_end_to_end_on_the_voc_fixture(tmp_path, monkeypatch,
     vgg = [line for line in text.splitlines() if line.startswith("| voc2007 | VGG-DER | der (backbone=small-cnn, "
                                                                   "pretrained=False) | mAP |")]
     assert len(vgg) == 1 and vgg[0].split(" | ")[5] == our_der[0].split(" | ")[5]
+
+
+def _coco_images() -> dict:
+    """A COCO 2014 tree with enough images for a validation carve-out (24 train, 8 val)."""
+    names = ["person", "dog", "bowl", "zebra", "giraffe", "airplane"]
+    return {"train": {i: [names[i % 6], names[(i * 7) % 6]] for i in range(1, 25)},
+            "val": {100 + i: [names[i % 6]] for i in range(8)}}
+
+
+@pytest.mark.parametrize("fixture, table, options", [
+    ("coco", ["order-free-rnn", "2"], ["--set", "backbone=small-cnn", "--set", "pretrained=false"]),
+    ("msrc", ["rmlc", "IV"], ["--dataset", "msrc", "--jobs", "2"]),
+])
+def test_smoke_end_to_end_on_the_other_fixtures(tmp_path, monkeypatch, capsys, fixture, table, options):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    if fixture == "coco":
+        write_coco(tmp_path / "data", _coco_images())
+    else:
+        msrc_file(tmp_path / "data")
+    assert main(["--results", str(tmp_path / "results"), "--data-root", str(tmp_path / "data"), "reproduce",
+                 *table, *options, "--smoke", "--no-mlflow", "--no-progress", "--out", str(tmp_path / "out")]) == 0
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    slug = {"coco": "order_free_rnn_2", "msrc": "rmlc_IV"}[fixture]
+    assert written == [f"{slug}.md", f"{slug}.tex"]
+    text = (tmp_path / "out" / f"{slug}.md").read_text()
+    measured = [line for line in text.splitlines() if any(f" ({runs}) | " in line for runs in (3, 10))]
+    assert "SMOKE RUN" in text and measured and "not measured" not in text
 
 
 def test_unknown_table_and_dataset_are_refused_in_one_line(fake):
