@@ -152,6 +152,7 @@ def missing(rep: Reproduction, data_root: Path, overrides: dict, smoke: bool = F
     """What this machine lacks to run ``rep``, one line per file or package (empty: nothing)."""
     from bench import backbones, label_embeddings, params
 
+    params.check_override_keys(overrides, [plugins.get("methods", t.method) for t in rep.targets()])
     lines = []
     for name in rep.datasets:
         cls = plugins.get("datasets", name)

@@ -205,6 +205,8 @@ def test_unknown_table_and_dataset_are_refused_in_one_line(fake):
     rep = reproduce.find(published, definitions, "FAKE", "i")
     with pytest.raises(BenchError, match="--dataset voc2007: FAKE Table 1 reports on mat-views only"):
         rep.only(["voc2007"])
+    with pytest.raises(BenchError, match="epochs"):  # a --set key no method of the table has, even in --plan
+        reproduce.missing(rep, fake["data"], {"epochs": 3})
 
 
 @pytest.mark.parametrize("delta, spread, tolerance, metric, expected", [
