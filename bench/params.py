@@ -48,8 +48,9 @@ WORDS = {"true": True, "false": False, "none": None}
 SMOKE_SCHEDULE = {"epochs": 1, "steps_per_epoch": 2}
 #: ``bench run --smoke`` also caps these sizes where a method's value is larger, so that a smoke job
 #: of a paper's set-up (ResNet-101 at 448 px, batches of 32: issue 29 saw no fold finish on a CPU in
-#: 12 minutes) takes seconds anywhere: the same code runs on smaller images and batches.
-SMOKE_CAPS = {"image_size": 64, "resize": 72, "batch_size": 8}
+#: 12 minutes) takes seconds anywhere: the same code runs on smaller images and batches. RETDM's
+#: training crop (``five_crop``) is capped with them, as it must fit in the resized image.
+SMOKE_CAPS = {"image_size": 64, "resize": 72, "five_crop": 64, "batch_size": 8}
 #: ``bench run --smoke`` also keeps only the first this many examples of each fold's training and test
 #: parts, so that prediction and validation (which the schedule does not shorten) take seconds too.
 SMOKE_EXAMPLES = 96

@@ -13,7 +13,11 @@ same dataset and metrics, each published cell followed by the difference *measur
 
 from __future__ import annotations
 
+import functools
 import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +25,11 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.metrics import METRICS
+from bench.results import base_label
 from bench.tables import md_row
 
+#: The default tolerance of a reproduced cell, in the metric's units (1 percentage point).
+DEFAULT_TOLERANCE = 0.01
 COLUMNS = ("paper", "table", "dataset", "method", "metric", "value", "std")
 KEY = ("paper", "table", "dataset", "method", "metric")
 #: Per-class AP columns of the VOC tables: ``ap:`` + the devkit's class name.
@@ -36,18 +43,38 @@ VOC_CLASSES = (
 #: Metrics whose values are counts of labels, not fractions in [0, 1].
 UNBOUNDED = frozenset({"coverage"})
 
-#: A paper's own rows -> the harness methods they correspond to (names normalised by
-#: :func:`_normalise`), so that a difference is taken against our run of that very method.
-PAPER_METHODS: dict[str, dict[str, str]] = {
-    "RMLC": {"rmlc": "rmlc", "rmlcns": "rmlc_ns"},
-    "DER": {"ourder": "der", "ourderstar": "der", "jointconfidenceŷ": "der", "baselinedisentangleembedrank": "der",
-            "resnet101baseline": "der_baseline", "baselinedisentangle": "der_disentangle",
-            "baselinedisentangleembed": "der_embed", "firstconfidenceŷfcls": "der_first",
-            "secondconfidenceŷscls": "der_second"},
-    "RETDM": {"retdm": "retdm", "retdmoneway": "retdm_oneway"},
-    "Order-Free RNN": {"ours": "order_free_rnn", "ourswoatten": "order_free_rnn_noatt"},
-    "CMSG": {"cmsg": "cmsg"},
-}
+#: The file beside the CSVs that says which harness method each published row is run as.
+DEFINITIONS = "tables.toml"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a published row is run as here: a method, its ``--set`` settings, one of its readouts."""
+
+    method: str
+    settings: Mapping = field(default_factory=dict)
+    readout: str = ""
+
+    @property
+    def label(self) -> str:
+        """The label our row of this target has in a report table (:func:`bench.results.base_label`)."""
+        return base_label(self.method, self.settings, self.readout)
+
+
+@dataclass(frozen=True)
+class Definitions:
+    """``tables.toml``: the row -> :class:`Target` map per paper, the rows not run and why, and the
+    tolerance of a reproduced cell."""
+
+    targets: Mapping[str, Mapping[str, Target]]  # paper -> normalised row name -> target
+    not_run: Mapping[str, Mapping[str, str]]  # paper -> normalised row name -> why
+    tolerance: float
+
+    def target(self, paper: str, published_method: str) -> Target | None:
+        return self.targets.get(paper, {}).get(_normalise(published_method))
+
+    def why_not_run(self, paper: str, published_method: str) -> str:
+        return self.not_run.get(paper, {}).get(_normalise(published_method), "")
 
 
 def default_folder() -> Path:
@@ -120,20 +147,74 @@ def _normalise(name: str) -> str:
     return re.sub(r"[^0-9a-zŷ]", "", name.lower().replace("*", "star"))
 
 
-def harness_method(paper: str, published_method: str) -> str | None:
-    """The harness method a paper's own row corresponds to (DER's ``"Our DER"`` -> ``"der"``), if any."""
-    return PAPER_METHODS.get(paper, {}).get(_normalise(published_method))
+def load_definitions(folder: Path | str | None = None) -> Definitions:
+    """``tables.toml`` of ``folder`` (default ``reports/published``), checked; none there: no row
+    maps to a method (every published row is published-only)."""
+    path = (Path(folder) if folder is not None else default_folder()) / DEFINITIONS
+    return _definitions(path, path.stat().st_mtime_ns if path.is_file() else None)
+
+
+@functools.lru_cache(maxsize=8)
+def _definitions(path: Path, mtime_ns: int | None) -> Definitions:
+    if mtime_ns is None:
+        return Definitions({}, {}, DEFAULT_TOLERANCE)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise BenchError(f"{path}: cannot read as TOML: {exc}") from None
+    unknown = set(raw) - {"tolerance", "methods", "not_run"}
+    if unknown:
+        raise BenchError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; expected tolerance, methods, not_run")
+    tolerance = raw.get("tolerance", DEFAULT_TOLERANCE)
+    if not isinstance(tolerance, int | float) or isinstance(tolerance, bool) or not 0 <= tolerance < 1:
+        raise BenchError(f"{path}: tolerance must be a number in [0, 1), got {tolerance!r}")
+    targets = {paper: {_normalise(name): _target(path, paper, name, value) for name, value in rows.items()}
+               for paper, rows in _tables_of(path, raw, "methods").items()}
+    not_run = {paper: {_normalise(name): str(why) for name, why in rows.items()}
+               for paper, rows in _tables_of(path, raw, "not_run").items()}
+    return Definitions(targets, not_run, float(tolerance))
+
+
+def _tables_of(path: Path, raw: dict, key: str) -> dict[str, dict]:
+    section = raw.get(key, {})
+    if not isinstance(section, dict) or not all(isinstance(v, dict) for v in section.values()):
+        raise BenchError(f"{path}: [{key}.<paper>] must be tables of 'row name' = ... entries")
+    return section
+
+
+def _target(path: Path, paper: str, name: str, value) -> Target:
+    where = f"{path}: [methods.{paper}] {name!r}"
+    if isinstance(value, str):
+        method, settings = value, {}
+    elif isinstance(value, dict) and set(value) <= {"method", "set"} and isinstance(value.get("method"), str) \
+            and isinstance(value.get("set", {}), dict):
+        method, settings = value["method"], dict(value.get("set", {}))
+    else:
+        raise BenchError(f"{where} must be \"method\", \"method:readout\" or {{ method = \"...\", set = {{ ... }} }}, "
+                         f"got {value!r}")
+    method, _, readout = method.partition(":")
+    if not method:
+        raise BenchError(f"{where}: no method named")
+    return Target(method, settings, readout)
+
+
+def harness_method(paper: str, published_method: str, folder: Path | str | None = None) -> str | None:
+    """The label of our row that a paper's row is (DER's ``"Our DER"`` -> ``"der"``), if any."""
+    target = load_definitions(folder).target(paper, published_method)
+    return target.label if target else None
 
 
 # --------------------------------------------------------------------------- side by side
-def comparison_frame(table, published: pd.DataFrame, reference: str | None = None) -> pd.DataFrame:
+def comparison_frame(table, published: pd.DataFrame, reference: str | None = None,
+                     definitions: Definitions | None = None) -> pd.DataFrame:
     """Tidy rows ``source, row, metric, value, std, delta, against`` for one report table.
 
     ``table`` is a :class:`bench.tables.Table`; only its metrics that a paper reports for its
     dataset are kept. ``delta`` = our mean - published value, against our row of the same method
-    when we ran it (:data:`PAPER_METHODS`), otherwise against ``reference`` (default: our only row
+    when we ran it (``tables.toml``: :func:`load_definitions`), otherwise against ``reference`` (default: our only row
     when the table has one); NaN when there is no row to compare with.
     """
+    definitions = definitions or load_definitions()
     ours = table.mean
     pub = published[(published["dataset"] == table.dataset) & published["metric"].isin(ours.columns)]
     if pub.empty:
@@ -148,7 +229,8 @@ def comparison_frame(table, published: pd.DataFrame, reference: str | None = Non
         rows += [{"source": "measured", "row": row, "metric": m, "value": ours.at[row, m],
                   "std": table.std.at[row, m], "delta": np.nan, "against": ""} for m in metrics]
     for rec in pub.itertuples(index=False):
-        mapped = harness_method(rec.paper, rec.method)
+        target = definitions.target(rec.paper, rec.method)
+        mapped = target.label if target else None
         against = mapped if mapped in ours.index else default_ref
         delta = ours.at[against, rec.metric] - rec.value if against else np.nan
         rows.append({"source": f"published ({rec.paper} Tab. {rec.table})", "row": rec.method,
@@ -158,12 +240,12 @@ def comparison_frame(table, published: pd.DataFrame, reference: str | None = Non
 
 
 def paper_comparison(table, published: pd.DataFrame, reference: str | None = None,
-                     decimals: int = 3) -> str:
+                     decimals: int = 3, definitions: Definitions | None = None) -> str:
     """Markdown: our rows, then the published rows (marked) with ``Δ`` = measured - published.
 
     ``table`` is a main or per-class AP :class:`bench.tables.Table` (whose columns name the metrics).
     """
-    frame = comparison_frame(table, published, reference)
+    frame = comparison_frame(table, published, reference, definitions)
     if frame.empty:
         return f"_{table.dataset}: no published numbers for these metrics._\n"
     metrics = list(dict.fromkeys(frame["metric"]))

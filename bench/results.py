@@ -45,6 +45,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
@@ -136,17 +137,15 @@ class Row:
     @property
     def base_label(self) -> str:
         """``br``, ``br (C=0.1)``, ``br (smoke)``, ``der:first_stream``: method, ``--set`` overrides,
-        smoke, readout."""
-        text = self.method
-        if self.overrides:
-            text += f" ({', '.join(f'{k}={v}' for k, v in sorted(self.overrides.items()))})"
+        search, smoke, readout (:func:`base_label`)."""
+        notes = []
         if self.search:
             from bench.tuning import search_label
 
-            text += f" ({search_label(self.search)})"
+            notes.append(search_label(self.search))
         if self.smoke:
-            text += " (smoke)"
-        return f"{text}:{self.readout}" if self.readout else text
+            notes.append("smoke")
+        return base_label(self.method, self.overrides, self.readout, notes)
 
     def metrics_of(self, record: Record) -> dict:
         return record.readouts[self.readout].metrics if self.readout else record.metrics
@@ -156,6 +155,17 @@ class Row:
 
     def per_label_ap_of(self, record: Record):
         return record.readouts[self.readout].per_label_ap if self.readout else record.per_label_ap
+
+
+def base_label(method: str, overrides: Mapping = MappingProxyType({}), readout: str = "",
+               notes: Iterable[str] = ()) -> str:
+    """A row's label before :func:`_labelled` makes it unique: the method, its ``--set`` overrides
+    and ``notes`` in brackets, then ``:readout``; the one rule by which a row is named."""
+    text = method
+    if overrides:
+        text += f" ({', '.join(f'{k}={v}' for k, v in sorted(overrides.items()))})"
+    text += "".join(f" ({note})" for note in notes)
+    return f"{text}:{readout}" if readout else text
 
 
 def _row_of(record: Record, readout: str, family: str) -> Row:

@@ -6,6 +6,7 @@ method, so a transcription slip in either file shows up as a mismatch.
 
 from __future__ import annotations
 
+import inspect
 import re
 
 import numpy as np
@@ -168,6 +169,42 @@ def test_paper_comparison_without_published_numbers(published):
 def test_harness_method_mapping():
     assert harness_method("DER", "Our DER") == "der" and harness_method("DER", "Baseline + Disentangle") == "der_disentangle"
     assert harness_method("RMLC", "RMLC_NS") == "rmlc_ns" and harness_method("CMSG", "ResNet101") is None
+    # a readout, a row run under other settings, the ablations' current names
+    assert harness_method("DER", "First confidence (ŷ_fcls)") == "der:first_stream"
+    assert harness_method("DER", "VGG-DER") == "der (backbone=vgg16)"
+    assert harness_method("Order-Free RNN", "Ours (w/o atten)") == "order_free_rnn_no_attention"
+    assert harness_method("RETDM", "BCE") == "retdm_bce"
+
+
+def test_every_row_target_is_a_method_with_that_readout():
+    """tables.toml names methods that exist and readouts they give (DER's streams)."""
+    from bench import plugins
+    from bench.published import load_definitions
+
+    methods = plugins.load("methods")
+    for paper, rows in load_definitions().targets.items():
+        for name, target in rows.items():
+            assert target.method in methods, (paper, name, target)
+            if target.readout:  # a key of the dict its predict_readouts returns
+                source = inspect.getsource(plugins.get("methods", target.method).predict_readouts)
+                assert f'"{target.readout}"' in source, (paper, name, target)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ('tolerance = 2\n', "tolerance must be a number in [0, 1)"),
+    ('[methods.DER]\n"Our DER" = 3\n', "[methods.DER] 'Our DER' must be"),
+    ('[methods.DER]\n"Our DER" = { method = "der", seed = 1 }\n', "[methods.DER] 'Our DER' must be"),
+    ('extra = 1\n', "unknown key(s) extra"),
+    ('[methods\n', "cannot read as TOML"),
+])
+def test_bad_definitions_are_one_line_naming_the_file(tmp_path, text, fragment):
+    from bench.published import load_definitions
+
+    (tmp_path / "tables.toml").write_text(text)
+    with pytest.raises(BenchError) as info:
+        load_definitions(tmp_path)
+    message = str(info.value)
+    assert "\n" not in message and str(tmp_path / "tables.toml") in message and fragment in message
 
 
 def test_cli_report_with_paper_prints_published_rows_beside_ours(tmp_path, capsys):

@@ -13,7 +13,8 @@ one's results (``bench report`` after ``bench run``) finds them:
   ``--smoke`` (the scenario's runs are smoke runs); MLflow is off. It must exit 0, except where it
   cannot work offline: ``bench fetch`` must stop with the one line ``docs/cli.md`` shows ("cannot
   download ...; are you offline?"), and a run on a dataset whose files are not under the data root (an explicit
-  ``--data-root`` points at an empty folder here) with one line naming the missing file; a
+  ``--data-root`` points at an empty folder here) with one line naming the missing file (``bench
+  reproduce``: one line per missing file, the dataset's first); a
   ``--device cuda`` command runs only where torch sees a GPU;
 * every other command must be listed in :data:`NOT_RUN` with the reason it is not run here;
 * every ```` ```python ```` block runs: a plug-in file (a class deriving from ``Method`` or
@@ -51,7 +52,7 @@ DOCUMENTS = (README, *sorted((ROOT / "docs").glob("*.md")))
 #: The front page stays a front page (issue 28: "a newcomer reads it in five minutes").
 README_MAX_LINES = 250
 SHELL_LANGUAGES = ("bash", "sh", "shell", "console")
-SUBCOMMANDS = ("list", "run", "report", "fetch")
+SUBCOMMANDS = ("list", "run", "report", "fetch", "reproduce")
 
 #: Commands the README or docs show that this test does not run: (does the command match, why not).
 NOT_RUN = (
@@ -208,6 +209,12 @@ class Scenario:
         self.log.append(f"exit {status} in {time.perf_counter() - started:.1f} s: {where} as `bench {shlex.join(args)}`")
         if expected is None:
             assert status == 0, f"{where} (run as `bench {shlex.join(args)}`) exited {status}: {err}"
+        elif command == "reproduce":  # one line per missing file, the dataset's first
+            lines = err.strip().splitlines()
+            assert status == 2 and re.fullmatch(expected, lines[0]) and all(
+                line.startswith("bench: error: ") for line in lines), (
+                f"{where} should stop offline with one line per missing file, the first matching {expected!r}; "
+                f"got exit {status}: {err}")
         else:
             assert status == 2 and err.count("\n") == 1 and re.fullmatch(expected, err.strip()), (
                 f"{where} should stop offline with one line matching {expected!r}; got exit {status}: {err}")
@@ -216,6 +223,11 @@ class Scenario:
         """The one-line error a command must stop with here, or None when it must succeed."""
         if command == "fetch":
             return FETCH_OFFLINE.pattern
+        if command == "reproduce":  # a paper's data are never here: its run stops before any job
+            if _has(args, "--plan") or _has(args, "--list"):
+                return None
+            root = re.escape(str(_option(args, "--data-root") or self.data_root))
+            return rf"bench: error: [\w-]+: dataset files not found under {root} \(see .+\)"
         if command != "run":
             return None
         root = Path(_option(args, "--data-root") or self.data_root)

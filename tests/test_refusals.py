@@ -215,6 +215,10 @@ def test_smoke_caps_image_and_batch_sizes_of_a_paper_set_up():
     assert params.resolve(der, {}, None).params["image_size"] == 448  # without --smoke: untouched
     with pytest.raises(BenchError, match="batch_size must be a positive integer, got 0"):
         params.validate(der, params.resolve(der, {"batch_size": 0}, None, smoke=True))  # a cap only lowers
+    # RETDM's training crop (240 by default) must fit in the capped resize (72): every smoke job of
+    # `bench reproduce retdm IV --smoke` failed with "five_crop 240 is larger than resize 72"
+    retdm = params.resolve(plugins.get("methods", "retdm"), {}, None, smoke=True).params
+    assert retdm["five_crop"] <= retdm["resize"] and (retdm["five_crop"], retdm["resize"]) == (64, 72)
 
 
 SIZED = """
