@@ -198,27 +198,51 @@ def distinct(by_target: dict[str, list[Job]]) -> list[Job]:
     return list({job.job_id: job for jobs in by_target.values() for job in jobs}.values())
 
 
+def _figures(throughput: Path | None) -> pd.DataFrame:
+    path = throughput or throughput_file()
+    return (pd.read_csv(path, dtype=str, keep_default_na=False) if path.is_file()
+            else pd.DataFrame(columns=THROUGHPUT_COLUMNS))
+
+
+def _figure(figures: pd.DataFrame, method: str, size, device: str) -> tuple[str, float | None]:
+    """(``method@SIZEpx`` or ``method``, its images/s on ``device``, None when not measured)."""
+    size_text = "" if size is None else str(size)  # empty: a method that reads no image
+    match = figures[(figures["method"] == method) & (figures["device"] == device)
+                    & (figures["image_size"] == size_text)]
+    name = f"{method}@{size}px" if size_text else method
+    return name, None if match.empty else float(match["images_per_s"].iloc[0])
+
+
 def estimate(jobs: list[Job], throughput: Path | None = None, device: str = "cuda") -> tuple[float, list[str]]:
     """(estimated device-hours of the jobs' training passes, the methods without a measured figure).
 
     A job costs epochs x training images / images_per_s of ``throughput`` for its method, device kind
     and image size, once per candidate of its in-fold search; its test pass is not counted."""
-    path = throughput or throughput_file()
-    figures = (pd.read_csv(path, dtype=str, keep_default_na=False) if path.is_file()
-               else pd.DataFrame(columns=THROUGHPUT_COLUMNS))
+    figures = _figures(throughput)
     hours, unknown = 0.0, []
     for job in jobs:
-        size = job.params.get("image_size")
-        size_text = "" if size is None else str(size)  # empty: a method that reads no image
-        match = figures[(figures["method"] == job.method) & (figures["device"] == device)
-                        & (figures["image_size"] == size_text)]
-        if match.empty:
-            unknown.append(f"{job.method}@{size}px" if size_text else job.method)
+        name, rate = _figure(figures, job.method, job.params.get("image_size"), device)
+        if rate is None:
+            unknown.append(name)
             continue
         fits = len(tuning.candidates(job.search.get("grid", {}))) if job.search else 1
-        epochs = job.params.get("epochs", 1)
-        hours += fits * epochs * len(job.split.train) / float(match["images_per_s"].iloc[0]) / 3600
+        hours += fits * job.params.get("epochs", 1) * len(job.split.train) / rate / 3600
     return hours, list(dict.fromkeys(unknown))
+
+
+def unmeasured(rep: Reproduction, overrides: dict, smoke: bool = False, throughput: Path | None = None,
+               device: str = "cuda") -> list[str]:
+    """The targets of ``rep`` with no measured throughput, from their settings alone (no data needed)."""
+    from bench import params
+
+    figures, names = _figures(throughput), []
+    for target in rep.targets():
+        values = params.resolve(plugins.get("methods", target.method), {**target.settings, **overrides}, None,
+                                smoke).params
+        name, rate = _figure(figures, target.method, values.get("image_size"), device)
+        if rate is None:
+            names.append(name)
+    return list(dict.fromkeys(names))
 
 
 def plan(rep: Reproduction, absent: list[str], *, data_root: Path, store_root: Path, overrides: dict,
@@ -244,9 +268,15 @@ def plan(rep: Reproduction, absent: list[str], *, data_root: Path, store_root: P
                      "its files are there: their folds come from the data)")
     pending = [j for j in jobs if j.job_id not in stored]
     hours, unknown = estimate(pending, throughput)
+    absent_data = [d for d in rep.datasets if d not in present]
+    if absent_data:  # the jobs cannot be sized, but the figures they would need can be named
+        unknown = list(dict.fromkeys(unknown + unmeasured(rep, overrides, smoke, throughput)))
     if unknown:
         lines.append(f"  cost: unknown: no measured GPU throughput for {', '.join(unknown)} in "
                      f"{throughput or throughput_file()} (benchmarks/gpu_suite.py measures it on a GPU)")
+    elif absent_data:
+        lines.append(f"  cost: unknown until the files of {', '.join(absent_data)} are here (a job's cost "
+                     "needs its training part's size)")
     elif pending:
         lines.append(f"  cost: about {hours:.2f} GPU-hours of training passes for {len(pending)} job(s)")
     return lines

@@ -147,6 +147,8 @@ def test_missing_data_and_weights_are_one_line_each_and_exit_2_before_any_job(tm
     assert main(["--data-root", str(tmp_path / "empty"), "reproduce", "der", "II", "--plan"]) == 0
     out = capsys.readouterr().out
     assert "missing: voc2007" in out and "published only: Our DER* (SSGRL's settings" in out
+    # no job can be sized without the data, but the figures the cost needs can be named
+    assert "cost: unknown: no measured GPU throughput for der_baseline@448px, der@448px in" in out
 
 
 def test_der_table_ii_smoke_end_to_end_on_the_voc_fixture(tmp_path, monkeypatch, capsys):
