@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bench import image_features, plugins
 from bench.errors import BenchError
+from bench.fetch import fetchable, files_hint
 from bench.folders import default_data_root, default_reports, default_results
 
 DEFAULT_DATASET = "mnist-mosaic"
@@ -252,13 +253,7 @@ def _dataset_status(name: str, cls: type, root: Path) -> str:
         return plugins.load_dataset(name, str(root)).summary()
     if cls().is_available(root):  # not loaded here: reading COCO's annotations takes a while
         return "files present under the data root"
-    hint = f"`bench fetch {name}`" if _fetchable(cls) else "docs/datasets.md, 'Datasets on disk'"
-    return f"files not found under the data root (see {hint})"
-
-
-def _fetchable(cls: type) -> bool:
-    """Whether ``bench fetch`` can download the dataset (it declares public archives)."""
-    return hasattr(cls, "archives")
+    return f"files not found under the data root (see {files_hint(name, cls)})"
 
 
 def _threads(args) -> int | None:
@@ -288,7 +283,7 @@ def writable_folder(path: Path, what: str, hint: str = "") -> Path:
 def _present(names: list[str], root: Path) -> list[str]:
     """``--dataset all``: the datasets that can be loaded here (embedded, or their plug-in finds its
     files under ``root``: a check of the files, nothing is read), the others named in one warning."""
-    present, fetchable, by_hand, broken = [], [], [], []
+    present, downloadable, by_hand, broken = [], [], [], []
     for name in names:
         try:
             cls = plugins.get("datasets", name)
@@ -299,10 +294,10 @@ def _present(names: list[str], root: Path) -> list[str]:
         if usable:
             present.append(name)
         else:
-            (fetchable if _fetchable(cls) else by_hand).append(name)
+            (downloadable if fetchable(cls) else by_hand).append(name)
     reasons = []
-    if fetchable:
-        reasons.append(f"{', '.join(fetchable)} (files absent: see `bench fetch NAME`)")
+    if downloadable:
+        reasons.append(f"{', '.join(downloadable)} (files absent: see `bench fetch NAME`)")
     if by_hand:
         reasons.append(f"{', '.join(by_hand)} (files absent: see docs/datasets.md, 'Datasets on disk')")
     if broken:

@@ -43,6 +43,16 @@ class Archive:
     subdir: str = ""  # extracted under <data root>/<subdir>
 
 
+def fetchable(cls: type) -> bool:
+    """Whether ``bench fetch`` can download the dataset (it declares public archives)."""
+    return hasattr(cls, "archives")
+
+
+def files_hint(name: str, cls: type) -> str:
+    """Where a dataset's absent files come from: ``bench fetch`` or the docs' layouts."""
+    return f"`bench fetch {name}`" if fetchable(cls) else "docs/datasets.md, 'Datasets on disk'"
+
+
 def archives_of(name: str) -> tuple[Archive, ...]:
     """The archives a dataset plug-in declares; an error for one without a public download."""
     cls = plugins.get("datasets", name)
