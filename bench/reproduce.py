@@ -8,7 +8,7 @@ cannot (compared approaches that are not implemented: published-only, with the r
 * :func:`missing`: what this machine lacks for it (dataset files, ImageNet weights in the torch
   cache, the label-embedding model), one line each, before any job;
 * :func:`build`: the jobs, with the papers' settings (``--paper-defaults``: backbone, weights, image
-  size, schedule) and each dataset's own protocol and seeds; :func:`plan_lines` lists them with an
+  size, schedule) and each dataset's own protocol and seeds; :func:`plan` lists them with an
   estimated cost from measured throughput (:func:`estimate`);
 * :func:`compare`: our mean ± std over runs beside each published cell of a row we ran,
   Δ = measured − published and a :func:`verdict`; :func:`summary` says it in one line;
@@ -148,21 +148,36 @@ def _check_targets(rep: Reproduction) -> None:
 
 
 # --------------------------------------------------------------------------- before any job
+def _settings(target: Target, overrides: dict) -> dict:
+    """A target's settings with ``--set`` over them: what its jobs run with."""
+    return {**target.settings, **overrides}
+
+
+def _resolved(target: Target, overrides: dict, smoke: bool) -> dict:
+    """The hyper-parameters a target's jobs will have, from its settings alone (no data read)."""
+    from bench import params
+
+    return params.resolve(plugins.get("methods", target.method), _settings(target, overrides), None, smoke).params
+
+
+def absent_datasets(rep: Reproduction, data_root: Path) -> list[str]:
+    """The datasets of ``rep`` whose files are not under ``data_root`` (their plug-ins check; nothing
+    is read)."""
+    return [name for name in rep.datasets
+            if not (cls := plugins.get("datasets", name)).embedded and not cls().is_available(data_root)]
+
+
 def missing(rep: Reproduction, data_root: Path, overrides: dict, smoke: bool = False) -> list[str]:
     """What this machine lacks to run ``rep``, one line per file or package (empty: nothing)."""
     from bench import backbones, label_embeddings, params
+    from bench.fetch import files_hint
 
     params.check_override_keys(overrides, [plugins.get("methods", t.method) for t in rep.targets()])
-    lines = []
-    for name in rep.datasets:
-        cls = plugins.get("datasets", name)
-        if not (cls.embedded or cls().is_available(data_root)):
-            hint = f"`bench fetch {name}`" if hasattr(cls, "archives") else "docs/datasets.md, 'Datasets on disk'"
-            lines.append(f"{name}: dataset files not found under {data_root} (see {hint})")
+    lines = [f"{name}: dataset files not found under {data_root} (see "
+             f"{files_hint(name, plugins.get('datasets', name))})" for name in absent_datasets(rep, data_root)]
     weights: dict[Path, list[str]] = {}  # one line per absent file, naming the rows that need it
     for target in rep.targets():
-        cls = plugins.get("methods", target.method)
-        values = params.resolve(cls, {**target.settings, **overrides}, None, smoke).params
+        values = _resolved(target, overrides, smoke)
         backbone, pretrained = values.get("backbone"), values.get("pretrained", False)
         if backbone and (path := backbones.absent_checkpoint(backbone, pretrained)) is not None:
             weights.setdefault(path, []).append(target.label)
@@ -186,7 +201,7 @@ def build(rep: Reproduction, *, data_root: Path, store_root: Path, overrides: di
     by_target = {}
     for targets in groups.values():
         jobs = build_jobs([t.method for t in targets], rep.datasets, protocol=None, n_folds=10, seeds=None,
-                          overrides={**targets[0].settings, **overrides}, data_root=data_root,
+                          overrides=_settings(targets[0], overrides), data_root=data_root,
                           store_root=store_root, strict=True, paper_defaults=True, smoke=smoke)
         for target in targets:
             by_target[target.label] = [job for job in jobs if job.method == target.method]
@@ -233,13 +248,9 @@ def estimate(jobs: list[Job], throughput: Path | None = None, device: str = "cud
 def unmeasured(rep: Reproduction, overrides: dict, smoke: bool = False, throughput: Path | None = None,
                device: str = "cuda") -> list[str]:
     """The targets of ``rep`` with no measured throughput, from their settings alone (no data needed)."""
-    from bench import params
-
     figures, names = _figures(throughput), []
     for target in rep.targets():
-        values = params.resolve(plugins.get("methods", target.method), {**target.settings, **overrides}, None,
-                                smoke).params
-        name, rate = _figure(figures, target.method, values.get("image_size"), device)
+        name, rate = _figure(figures, target.method, _resolved(target, overrides, smoke).get("image_size"), device)
         if rate is None:
             names.append(name)
     return list(dict.fromkeys(names))
@@ -248,11 +259,12 @@ def unmeasured(rep: Reproduction, overrides: dict, smoke: bool = False, throughp
 def plan(rep: Reproduction, absent: list[str], *, data_root: Path, store_root: Path, overrides: dict,
          smoke: bool = False, throughput: Path | None = None) -> list[str]:
     """What ``bench reproduce --plan`` prints: the jobs (stored ones marked), the published-only rows,
-    what is missing and the estimated cost. The jobs of a dataset whose files are absent cannot be
-    listed (their folds come from the data); the plan says so."""
+    what is missing (``absent``: :func:`missing`'s lines) and the estimated cost. The jobs of a
+    dataset whose files are absent cannot be listed (their folds come from the data); the plan says so."""
     from bench.store import ResultStore
 
-    present = [d for d in rep.datasets if not any(line.startswith(f"{d}: ") for line in absent)]
+    absent_data = absent_datasets(rep, data_root)
+    present = [d for d in rep.datasets if d not in absent_data]
     jobs = distinct(build(rep.only(present), data_root=data_root, store_root=store_root, overrides=overrides,
                           smoke=smoke)) if present else []
     store = ResultStore(store_root)
@@ -263,12 +275,11 @@ def plan(rep: Reproduction, absent: list[str], *, data_root: Path, store_root: P
         if rep.target(row) is None:
             lines.append(f"  published only: {row} ({rep.why_not_run(row)})")
     lines += [f"  missing: {line}" for line in absent]
-    if len(present) < len(rep.datasets):
-        lines.append(f"  (the jobs on {', '.join(d for d in rep.datasets if d not in present)} are listed once "
-                     "its files are there: their folds come from the data)")
+    if absent_data:
+        lines.append(f"  (the jobs on {', '.join(absent_data)} are listed once its files are there: their folds "
+                     "come from the data)")
     pending = [j for j in jobs if j.job_id not in stored]
     hours, unknown = estimate(pending, throughput)
-    absent_data = [d for d in rep.datasets if d not in present]
     if absent_data:  # the jobs cannot be sized, but the figures they would need can be named
         unknown = list(dict.fromkeys(unknown + unmeasured(rep, overrides, smoke, throughput)))
     if unknown:
@@ -322,7 +333,7 @@ def compare(rep: Reproduction, results, by_target: dict[str, list[Job]], overrid
     lines = []
     for cell in rep.published.itertuples(index=False):
         target = rep.target(cell.method)
-        ran_as = Target(target.method, {**target.settings, **(overrides or {})}, target.readout).label if target else ""
+        ran_as = Target(target.method, _settings(target, overrides or {}), target.readout).label if target else ""
         line = {"dataset": cell.dataset, "row": cell.method, "ran_as": ran_as,
                 "metric": cell.metric, "published": cell.value, "published_std": cell.std,
                 "measured": np.nan, "measured_std": np.nan, "runs": 0, "delta": np.nan,
@@ -428,7 +439,7 @@ def to_latex(rep: Reproduction, frame: pd.DataFrame, smoke: bool = False, overri
     if only:
         rows.append("Published only (rows not run here)")
         rows += [[d, r, f"not run: {why}", "", cells, "", "", ""] for d, r, why, cells in only]
-    return latex_text_table(f"{title}. {' '.join(notes)}", f"reproduce-{rep.slug}", RAN_HEADER, rows, "llllccc l".replace(" ", ""),
+    return latex_text_table(f"{title}. {' '.join(notes)}", f"reproduce-{rep.slug}", RAN_HEADER, rows, "llllcccl",
                             wrap_columns=(4,))
 
 
