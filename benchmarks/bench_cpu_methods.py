@@ -10,11 +10,11 @@ images), with the defaults and the dataset's scale settings, exactly as ``bench 
 * **img/s**: training examples the loop consumed (the history's epochs x the training part, every
   candidate of a search) per second of fit;
 * **plain img/s**: the mean of two runs, one before and one after the job (both shown: on a
-  shared machine the load may change meanwhile), of a plain PyTorch loop over the same network and loss on the same training part:
-  the method's network (built as its ``fit`` builds it, untrained) trained for ``--plain-epochs``
-  epochs from in-memory tensors with SGD at the method's learning rate and batch size: shuffled
-  index batches, forward
-  (:meth:`forward_train`), the method's own loss (:meth:`compute_loss`), backward, step; no
+  shared machine the load may change meanwhile), of a plain PyTorch loop over the same network and
+  loss on the same training part: the method's network (built as its ``fit`` builds it,
+  untrained) trained for ``--plain-epochs`` epochs from in-memory tensors with SGD at the method's
+  learning rate and batch size: shuffled index batches, forward (:meth:`forward_train`), the
+  method's own loss (:meth:`compute_loss`), backward, step; no
   DataLoader, augmentation, validation, callbacks or history. Only for methods trained by the
   default one-stage loop (:meth:`DeepMethod.training_loss`): RETDM's three stages and neighbour
   batches, RMLC's per-modality updates and the Order-Free RNN's map stage + RNN have no single
