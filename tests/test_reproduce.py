@@ -98,6 +98,17 @@ def test_fake_table_runs_and_its_delta_and_verdicts_match_a_hand_computation(fak
     assert _cli(fake, "fake", "I", "--out", str(fake["out"])) == 0
     assert "0 job(s) run, 10 already in" in capsys.readouterr().out
     assert (fake["out"] / "fake_1.md").read_text() == text
+    # our std over runs counts as spread too: a published value half a std away, no published std and
+    # no tolerance, is "within spread" (it would be "below" if only the published std counted)
+    runs = _stored_metric(fake["results"], "micro_f1")
+    mean, sd = float(np.mean(runs)), float(np.std(runs, ddof=1))
+    assert sd > 0
+    (fake["published"] / "fake_table1.csv").write_text(
+        f"paper,table,dataset,method,metric,value,std\nFAKE,1,mat-views,Binary relevance,micro_f1,{mean + sd / 2},\n")
+    (fake["published"] / "tables.toml").write_text(FAKE_TOML.replace("tolerance = 0.02", "tolerance = 0"))
+    assert _cli(fake, "fake", "1", "--out", str(fake["out"])) == 0
+    line = next(x for x in (fake["out"] / "fake_1.md").read_text().splitlines() if x.startswith("| mat-views |"))
+    assert line.rstrip(" |").endswith("within spread"), line
 
 
 def test_plan_lists_the_jobs_a_by_hand_run_stores(fake, capsys):
