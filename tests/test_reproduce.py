@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.io
 from test_datasets_nus_mir_scene_mm import msrc_file
 from test_datasets_voc_coco_custom import write_coco, write_voc
 
@@ -34,6 +35,20 @@ FAKE_TOML = """tolerance = 0.02
 """
 
 
+def learnable_views_file(root: Path, n: int = 120, n_labels: int = 3) -> None:
+    """A two-view .mat in the multi-view layout whose first view carries the labels plus noise, from its
+    own seed: binary relevance then scores above zero and differently per fold on every machine (pure
+    noise, drawn from a generator other tests share, left BR predicting no label in every fold on CI)."""
+    rng = np.random.default_rng(31)
+    Y = (rng.random((n, n_labels)) < 0.3).astype(np.float64)
+    views = [Y @ rng.normal(size=(n_labels, 6)) + rng.normal(scale=0.8, size=(n, 6)), rng.random((n, 4))]
+    cells = np.empty((1, 2), dtype=object)
+    for i, view in enumerate(views):
+        cells[0, i] = view.astype(np.float32)
+    (root / "multimodal").mkdir(parents=True)
+    scipy.io.savemat(root / "multimodal" / "views.mat", {"X": cells, "Y": np.where(Y.T == 1, 1.0, -1.0)})
+
+
 @pytest.fixture
 def fake(tmp_path) -> dict[str, Path]:
     """A fake paper's table 1 on a multi-view .mat fixture (kfold: 10 folds), its definitions beside it."""
@@ -41,7 +56,7 @@ def fake(tmp_path) -> dict[str, Path]:
     published.mkdir()
     (published / "fake_table1.csv").write_text(FAKE_CSV)
     (published / "tables.toml").write_text(FAKE_TOML)
-    msrc_file(tmp_path / "data", dims=(6, 4), n=120, n_labels=3, name="views.mat")
+    learnable_views_file(tmp_path / "data")
     return {"published": published, "data": tmp_path / "data", "results": tmp_path / "results",
             "out": tmp_path / "out"}
 
