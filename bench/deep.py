@@ -131,8 +131,9 @@ from bench.image import (
     train_transform,
 )
 from bench.metrics import METRICS, evaluate
+from bench.protocols import validation_split
 from bench.tokens import DEFAULT_FILE_IMAGE_SIZE, TokenEncoder, build_token_encoder, select_inputs
-from bench.torch_utils import n_batches, torch_device, validation_split
+from bench.torch_utils import n_batches, torch_device
 from bench.training import (
     EMA,
     Batch,

@@ -25,7 +25,7 @@ from bench.api import EXECUTION_PARAMS, supports_stacking
 from bench.data import MultiLabelData
 from bench.errors import BenchError
 from bench.plugins import load_dataset
-from bench.protocols import Split, make_splits
+from bench.protocols import MIN_CARVE_OUT_EXAMPLES, Split, make_splits
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +123,16 @@ def build_jobs(
             try:
                 views_from = image_features.plan(cls, data, extractor)
             except BenchError as exc:
-                if strict:
-                    raise
-                log.warning("skipping: %s", exc)
+                _skip_unless_strict(exc, strict)
                 continue
             resolved = params.resolve(cls, overrides, scale, smoke)
-            params.validate(cls, resolved, ds_name, data, n_train)
             search = tuning.search_for(cls, tune or {}, overrides)
+            try:
+                _check_carve_out(cls, resolved.params, search, ds_name, n_train)
+            except BenchError as exc:
+                _skip_unless_strict(exc, strict)
+                continue
+            params.validate(cls, resolved, ds_name, data, n_train)
             for candidate in tuning.candidates(search.get("grid", {})):  # every candidate, before any job
                 try:
                     params.validate(cls, replace(resolved, params={**resolved.params, **candidate}), ds_name,
@@ -155,18 +158,36 @@ def _method_classes(methods: list[str], strict: bool) -> list[type]:
         try:
             classes.append(plugins.get("methods", name))
         except BenchError as exc:
-            if strict:
-                raise
-            log.warning("skipping: %s", exc)
+            _skip_unless_strict(exc, strict)
     return classes
+
+
+def _skip_unless_strict(exc: BenchError, strict: bool) -> None:
+    """An entry the run cannot do: an error when ``strict``, else a warning and the run goes on."""
+    if strict:
+        raise exc
+    log.warning("skipping: %s", exc)
+
+
+def _check_carve_out(cls: type, job_params: dict, search: dict, dataset: str, n_train: int) -> None:
+    """A method that carves a validation part out of each training part (its ``val_fraction``, or an
+    in-fold search) cannot on training parts smaller than :data:`MIN_CARVE_OUT_EXAMPLES`: refused
+    here, once, instead of failing in every job."""
+    if n_train >= MIN_CARVE_OUT_EXAMPLES or not (float(job_params.get("val_fraction") or 0) > 0 or search):
+        return
+    why = "its in-fold search" if search else f"val_fraction={job_params['val_fraction']}"
+    raise BenchError(f"method {cls.name!r} on dataset {dataset!r}: training parts hold as few as {n_train} "
+                     f"examples; {why} carves a validation part out of them, which needs at least "
+                     f"{MIN_CARVE_OUT_EXAMPLES}")
 
 
 def _warn_small_test_folds(data: MultiLabelData, splits: list[Split]) -> None:
     smallest = min(len(s.test) for s in splits)
     if smallest < MIN_TEST_EXAMPLES:
+        protocol = splits[0].protocol
+        advice = "; use fewer folds" if protocol == "kfold" else ""  # the other protocols fix the test part's size
         log.warning("dataset %r: %s test folds hold as few as %d examples (fewer than %d): their metrics are "
-                    "noisy and partly undefined; use fewer folds", data.name, splits[0].protocol, smallest,
-                    MIN_TEST_EXAMPLES)
+                    "noisy and partly undefined%s", data.name, protocol, smallest, MIN_TEST_EXAMPLES, advice)
 
 
 def group_jobs(pending: list[Job], stack: bool) -> list[tuple[Job, ...]]:

@@ -16,7 +16,7 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
-from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
 from sklearn.model_selection import ShuffleSplit
 
 from bench.data import PROTOCOLS, MultiLabelData
@@ -24,6 +24,9 @@ from bench.errors import BenchError
 
 DEFAULT_SEEDS = {"kfold": (0,), "official": (0, 1, 2), "holdout": (0, 1, 2, 3, 4)}
 HOLDOUT_TEST_FRACTION = 0.2
+#: The fewest training examples a validation part is carved out of (:func:`validation_split`); a run
+#: whose training parts hold fewer is refused before any job (:func:`bench.jobs.build_jobs`).
+MIN_CARVE_OUT_EXAMPLES = 4
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,3 +97,18 @@ def _holdout(data: MultiLabelData, seed: int) -> Split:
     cv = ShuffleSplit(n_splits=1, test_size=HOLDOUT_TEST_FRACTION, random_state=seed)
     train, test = next(cv.split(np.zeros((data.n_samples, 1))))
     return Split("holdout", seed, 0, 1, train, test)
+
+
+def validation_split(train: MultiLabelData, fraction: float, seed: int) -> tuple[MultiLabelData, MultiLabelData]:
+    """Carve a stratified validation part out of the *training fold only* (never the test fold).
+
+    Used for early stopping and threshold selection; the fraction and seed are the method's own
+    hyper-parameters, so the carve-out is part of the job's identity.
+    """
+    if not 0 < fraction < 1:
+        raise BenchError(f"validation fraction must be in (0, 1), got {fraction}")
+    if train.n_samples < MIN_CARVE_OUT_EXAMPLES:
+        raise BenchError(f"dataset {train.name!r}: {train.n_samples} training examples are too few to split off a validation part")
+    cv = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+    fit_idx, val_idx = next(cv.split(np.zeros((train.n_samples, 1)), train.Y))
+    return train.subset(fit_idx), train.subset(val_idx)

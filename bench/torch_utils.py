@@ -1,4 +1,5 @@
-"""Small building blocks shared by every torch method: device, validation carve-out, early stopping.
+"""Small building blocks shared by every torch method: device, minibatches, early stopping
+(the validation carve-out is :func:`bench.protocols.validation_split`).
 
 Kept in one place so that each method file holds only its paper's model and losses.
 """
@@ -11,9 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
-from bench.data import MultiLabelData
 from bench.errors import BenchError
 
 
@@ -25,21 +24,6 @@ def torch_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BenchError(f"device {device!r}: torch sees no CUDA device on this machine")
     return dev
-
-
-def validation_split(train: MultiLabelData, fraction: float, seed: int) -> tuple[MultiLabelData, MultiLabelData]:
-    """Carve a stratified validation part out of the *training fold only* (never the test fold).
-
-    Used for early stopping and threshold selection; the fraction and seed are the method's own
-    hyper-parameters, so the carve-out is part of the job's identity.
-    """
-    if not 0 < fraction < 1:
-        raise BenchError(f"validation fraction must be in (0, 1), got {fraction}")
-    if train.n_samples < 4:
-        raise BenchError(f"dataset {train.name!r}: {train.n_samples} training examples are too few to split off a validation part")
-    cv = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
-    fit_idx, val_idx = next(cv.split(np.zeros((train.n_samples, 1)), train.Y))
-    return train.subset(fit_idx), train.subset(val_idx)
 
 
 def minibatches(n: int, batch_size: int, shuffle: bool, generator: np.random.Generator | None = None):

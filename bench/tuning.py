@@ -57,6 +57,7 @@ import numpy as np
 from bench.data import MultiLabelData
 from bench.errors import BenchError
 from bench.metrics import LOWER_IS_BETTER, METRICS, evaluate
+from bench.protocols import validation_split
 
 #: The carve-out of a method that has none of its own (no ``val_fraction`` > 0).
 VAL_FRACTION = 0.1
@@ -137,8 +138,6 @@ def carve_out(cls: type, params: Mapping[str, object], train: MultiLabelData
     """(fitting part, validation part, fraction, whether the method is handed it as ``val``): the
     method's own carve-out (``val_fraction``, ``random_state``) when it has one, else
     :data:`VAL_FRACTION` of ``train``."""
-    from bench.torch_utils import validation_split
-
     own = float(params.get("val_fraction") or 0.0)
     fraction = own if own > 0 else VAL_FRACTION
     fit_part, val = validation_split(train, fraction, int(params.get("random_state") or 0))

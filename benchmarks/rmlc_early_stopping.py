@@ -43,8 +43,8 @@ import torch
 
 from bench import plugins, runner
 from bench.metrics import METRIC_SETS, evaluate
-from bench.protocols import make_splits
-from bench.torch_utils import EarlyStopping, validation_split
+from bench.protocols import make_splits, validation_split
+from bench.torch_utils import EarlyStopping
 from bench.training import higher_is_better
 
 CANDIDATES = ("val_loss", "val_mAP", *(f"val_{m}" for m in METRIC_SETS["multimodal"]))

@@ -48,7 +48,7 @@ Choices where the paper is silent (NOTES.md [choice] or ours; all constructor ar
 -----------------------------------------------------------------------------------------
 * ``hidden=256``, Adam ``lr=1e-3`` (PyTorch's fused implementation, on the CPU too), at most
   ``epochs=100`` epochs with early stopping (``patience=10``) on a stratified ``val_fraction=0.1``
-  part of the *training fold* (``bench.torch_utils.validation_split``); the best epoch's weights
+  part of the *training fold* (``bench.protocols.validation_split``); the best epoch's weights
   are kept. ``patience=None`` trains ``epochs`` epochs; ``val_fraction=0`` also drops the
   validation part. The criterion (``monitor``) is the validation Hamming loss of F^M thresholded
   at 0.5 (``val_hamming_loss``); ``val_loss`` (the BCE of F^M summed over labels, per example) or

@@ -660,7 +660,7 @@ def test_move_threshold_puts_the_threshold_at_one_half_and_keeps_each_labels_ord
 
 
 def test_threshold_readouts_are_chosen_on_the_validation_carve_out_only(cmsg):
-    from bench.torch_utils import validation_split
+    from bench.protocols import validation_split
 
     data = tiny_images(n=40)
     test = tiny_images(n=12)

@@ -16,7 +16,7 @@ from bench.deep import DeepMethod
 from bench.errors import BenchError
 from bench.image import train_transform
 from bench.metrics import METRICS, evaluate
-from bench.torch_utils import validation_split
+from bench.protocols import validation_split
 from bench.training import Stage
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

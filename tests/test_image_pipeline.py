@@ -218,7 +218,7 @@ def test_schedule_and_epoch_callbacks(mosaic):
 
 
 def _val_part(train, method):
-    from bench.torch_utils import validation_split
+    from bench.protocols import validation_split
 
     _, val = validation_split(train, 0.1, 0)
     return val.Y, method.predict_scores(val)

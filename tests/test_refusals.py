@@ -349,3 +349,52 @@ def test_order_free_rnn_refuses_a_decode_that_does_not_fit_in_memory(tmp_path, m
     with pytest.raises(BenchError, match=r"beam=10 with batch_size=106 needs 1\.0 GiB to decode a batch, more "
                                          r"than half this machine's 2\.0 GiB; lower beam or batch_size"):
         ofr(**small, batch_size=106).check_data(data, 96)
+
+
+def _voc_tree(root, n_train: int):
+    """A VOC 2007 tree whose trainval set holds ``n_train`` images (the official split: one training part)."""
+    from test_datasets_voc_coco_custom import VOC_TEST, write_voc
+
+    trainval = {f"{100 + i:06d}": [("person" if i % 2 else "dog", 0)] for i in range(n_train)}
+    write_voc(root, sets={"trainval": trainval, "test": VOC_TEST})
+    return root
+
+
+def test_a_validation_part_carved_from_too_few_training_examples_is_refused_before_any_job(
+        tmp_path, capsys, no_job):
+    """Order-Free RNN calibrates τ on val_fraction=0.1 of the training part: with 3 training images
+    every job used to fail on its own; now one line before any job."""
+    data = _voc_tree(tmp_path / "data", n_train=3)
+    argv = ["--results", str(tmp_path / "results"), "--data-root", str(data), "run", "--method", "order_free_rnn",
+            "--dataset", "voc2007", "--smoke", "--no-progress", "--no-mlflow"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == ("bench: error: method 'order_free_rnn' on dataset 'voc2007': training parts hold as few as 3 "
+                       "examples; val_fraction=0.1 carves a validation part out of them, which needs at least 4")
+    assert not list((tmp_path / "results").rglob("*.json"))
+
+
+def test_with_method_all_such_an_entry_is_skipped_and_four_examples_are_enough(tmp_path, caplog):
+    """Not strict (``--method all``): the entries that carve (ORF's val_fraction, RETDM's in-fold search
+    of α) are skipped with a warning, the others kept; with 4 training examples all are built (RETDM
+    with fewer neighbours than that)."""
+    def methods_built(n_train):
+        data = _voc_tree(tmp_path / f"data{n_train}", n_train)
+        jobs = runner.build_jobs(["order_free_rnn", "retdm", "der"], ["voc2007"], protocol=None, n_folds=10,
+                                 seeds=(0,), overrides={"retdm.n_neighbours": 2}, data_root=data, store_root=tmp_path / "results",
+                                 strict=False, smoke=True)
+        return {j.method for j in jobs}
+
+    assert methods_built(3) == {"der"}
+    assert "skipping: method 'retdm' on dataset 'voc2007': training parts hold as few as 3 examples; its in-fold " \
+           "search carves a validation part out of them" in caplog.text
+    assert "skipping: method 'order_free_rnn'" in caplog.text
+    assert methods_built(4) == {"order_free_rnn", "retdm", "der"}
+
+
+def test_a_small_official_test_part_is_warned_about_without_the_advice_to_use_fewer_folds(tmp_path, caplog):
+    runner.build_jobs(["br"], ["voc2007"], protocol=None, n_folds=10, seeds=(0,), overrides={},
+                      data_root=_voc_tree(tmp_path / "data", 4), store_root=tmp_path / "results")
+    assert ("dataset 'voc2007': official test folds hold as few as 2 examples (fewer than 10): their metrics "
+            "are noisy and partly undefined") in caplog.text
+    assert "fewer folds" not in caplog.text

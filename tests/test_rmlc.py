@@ -14,8 +14,8 @@ from bench import plugins
 from bench.cli import main
 from bench.data import ImageView, MultiLabelData
 from bench.errors import BenchError
+from bench.protocols import validation_split
 from bench.store import ResultStore
-from bench.torch_utils import validation_split
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is fastest
 

@@ -8,7 +8,8 @@ import torch
 
 from bench.data import MultiLabelData
 from bench.errors import BenchError
-from bench.torch_utils import EarlyStopping, minibatches, n_batches, torch_device, validation_split
+from bench.protocols import validation_split
+from bench.torch_utils import EarlyStopping, minibatches, n_batches, torch_device
 
 
 def test_validation_split_partitions_the_training_fold_with_every_label():

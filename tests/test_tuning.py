@@ -15,8 +15,7 @@ from sklearn.metrics import average_precision_score
 
 from bench import cli, plugins, runner, tuning
 from bench.data import MultiLabelData
-from bench.protocols import make_splits
-from bench.torch_utils import validation_split
+from bench.protocols import make_splits, validation_split
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
