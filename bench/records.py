@@ -153,9 +153,10 @@ class Record:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def span_ms(self) -> tuple[int | None, int | None]:
-        """(start, end) of the job in epoch milliseconds, from ``finished_at`` and its timings."""
+        """(start, end) of the job in epoch milliseconds, from ``finished_at`` (ISO 8601, to the
+        millisecond; records before 2026-12 hold whole seconds) and its timings."""
         try:
-            end = datetime.strptime(self.finished_at, "%Y-%m-%dT%H:%M:%S%z").timestamp()
+            end = datetime.fromisoformat(self.finished_at).timestamp()
         except ValueError:
             return None, None
         spent = sum(float(v) for v in self.timings.values() if _is_number(v))

@@ -121,6 +121,24 @@ def test_readouts_are_rows_of_the_methods_ablation_table_not_of_the_main_table()
     assert ablation.mean.at["der:first_stream", "mAP"] == pytest.approx(0.7)
 
 
+def test_a_job_s_span_reads_whole_seconds_and_milliseconds_and_keeps_two_jobs_in_order():
+    """start = finished_at less the job's timings. Whole seconds (records before 2026-12) put a job that
+    finished at 1.9 s after one that ended at 1.0005 s before it (1 - 0.4 < 1 - 0.0005); milliseconds
+    keep them in order."""
+    def span(finished_at, fit_s):
+        config = {"method": "m", "dataset": "d", "protocol": "kfold", "n_folds": 2, "fold": 0, "seed": 0,
+                  "params": {}, "split_hash": "s", "data_fingerprint": "f"}
+        return Record.from_dict({"job_id": "j", "config": config, "metrics": {}, "finished_at": finished_at,
+                                 "timings": {"fit_s": fit_s}}).span_ms()
+
+    epoch = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms
+    assert span("2026-01-01T00:00:01+0000", 0.25) == (epoch + 750, epoch + 1000)
+    assert span("2026-01-01T01:00:01.500+01:00", 0.25) == (epoch + 1250, epoch + 1500)
+    first, second = span("2026-01-01T00:00:01.001+00:00", 0.0005), span("2026-01-01T00:00:01.900+00:00", 0.4)
+    assert first[0] <= first[1] <= second[0]
+    assert span("not a time", 1.0) == (None, None)
+
+
 def test_record_round_trip_keeps_fields_it_does_not_know():
     raw = {"job_id": "j", "config": {"method": "m", "dataset": "d", "protocol": "kfold", "n_folds": 2, "fold": 1,
                                      "seed": 0, "params": {"C": 1.0}, "split_hash": "s", "data_fingerprint": "f",
