@@ -8,6 +8,9 @@
   repetitions over seeds vary only the model's randomness (initialisation, batch order).
 * ``holdout``: a *random* 80/20 split drawn anew for each seed, the RETDM paper's protocol for
   scene and MIRFLICKR ("randomly select 80% for training"), via scikit-learn's ``ShuffleSplit``.
+
+Inside a job, :func:`validation_split` carves a stratified validation part out of the training part
+(early stopping, thresholds, in-fold searches); the test part is never cut.
 """
 
 from __future__ import annotations
