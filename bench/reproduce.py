@@ -23,6 +23,7 @@ counts labels, that share of the published value), else ``below`` or ``above``, 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,13 +200,32 @@ def build(rep: Reproduction, *, data_root: Path, store_root: Path, overrides: di
     for target in rep.targets():
         groups.setdefault(json.dumps(dict(target.settings), sort_keys=True, default=str), []).append(target)
     by_target = {}
-    for targets in groups.values():
-        jobs = build_jobs([t.method for t in targets], rep.datasets, protocol=None, n_folds=10, seeds=None,
-                          overrides=_settings(targets[0], overrides), data_root=data_root,
-                          store_root=store_root, strict=True, paper_defaults=True, smoke=smoke)
-        for target in targets:
-            by_target[target.label] = [job for job in jobs if job.method == target.method]
+    once = _Once()  # a dataset's warnings (a small test part) come once, not once per group
+    logging.getLogger(build_jobs.__module__).addFilter(once)
+    try:
+        for targets in groups.values():
+            jobs = build_jobs([t.method for t in targets], rep.datasets, protocol=None, n_folds=10, seeds=None,
+                              overrides=_settings(targets[0], overrides), data_root=data_root,
+                              store_root=store_root, strict=True, paper_defaults=True, smoke=smoke)
+            for target in targets:
+                by_target[target.label] = [job for job in jobs if job.method == target.method]
+    finally:
+        logging.getLogger(build_jobs.__module__).removeFilter(once)
     return by_target
+
+
+class _Once(logging.Filter):
+    """Lets each distinct message through once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        first = message not in self.seen
+        self.seen.add(message)
+        return first
 
 
 def distinct(by_target: dict[str, list[Job]]) -> list[Job]:
