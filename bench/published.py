@@ -73,6 +73,11 @@ class Definitions:
     def target(self, paper: str, published_method: str) -> Target | None:
         return self.targets.get(paper, {}).get(_normalise(published_method))
 
+    def label(self, paper: str, published_method: str) -> str | None:
+        """The label of our row that a paper's row is (DER's ``"Our DER"`` -> ``"der"``), if any."""
+        target = self.target(paper, published_method)
+        return target.label if target else None
+
     def why_not_run(self, paper: str, published_method: str) -> str:
         return self.not_run.get(paper, {}).get(_normalise(published_method), "")
 
@@ -198,12 +203,6 @@ def _target(path: Path, paper: str, name: str, value) -> Target:
     return Target(method, settings, readout)
 
 
-def harness_method(paper: str, published_method: str, folder: Path | str | None = None) -> str | None:
-    """The label of our row that a paper's row is (DER's ``"Our DER"`` -> ``"der"``), if any."""
-    target = load_definitions(folder).target(paper, published_method)
-    return target.label if target else None
-
-
 # --------------------------------------------------------------------------- side by side
 def comparison_frame(table, published: pd.DataFrame, reference: str | None = None,
                      definitions: Definitions | None = None) -> pd.DataFrame:
@@ -229,8 +228,7 @@ def comparison_frame(table, published: pd.DataFrame, reference: str | None = Non
         rows += [{"source": "measured", "row": row, "metric": m, "value": ours.at[row, m],
                   "std": table.std.at[row, m], "delta": np.nan, "against": ""} for m in metrics]
     for rec in pub.itertuples(index=False):
-        target = definitions.target(rec.paper, rec.method)
-        mapped = target.label if target else None
+        mapped = definitions.label(rec.paper, rec.method)
         against = mapped if mapped in ours.index else default_ref
         delta = ours.at[against, rec.metric] - rec.value if against else np.nan
         rows.append({"source": f"published ({rec.paper} Tab. {rec.table})", "row": rec.method,

@@ -20,7 +20,7 @@ from bench.published import (
     VOC_CLASSES,
     comparison_frame,
     default_folder,
-    harness_method,
+    load_definitions,
     load_published,
     paper_comparison,
     read_csv,
@@ -167,6 +167,7 @@ def test_paper_comparison_without_published_numbers(published):
 
 
 def test_harness_method_mapping():
+    harness_method = load_definitions().label
     assert harness_method("DER", "Our DER") == "der" and harness_method("DER", "Baseline + Disentangle") == "der_disentangle"
     assert harness_method("RMLC", "RMLC_NS") == "rmlc_ns" and harness_method("CMSG", "ResNet101") is None
     # a readout, a row run under other settings, the ablations' current names
@@ -179,7 +180,6 @@ def test_harness_method_mapping():
 def test_every_row_target_is_a_method_with_that_readout():
     """tables.toml names methods that exist and readouts they give (DER's streams)."""
     from bench import plugins
-    from bench.published import load_definitions
 
     methods = plugins.load("methods")
     for paper, rows in load_definitions().targets.items():
