@@ -356,6 +356,13 @@ def msrc_file(root, dims=(576, 500, 1040), n=591, n_labels=24, numbered=False, n
     """An MSRC-shaped file: views in another order than Table II, labels {-1,1} stored [L, N]."""
     views = [RNG.random((n, d)).astype(np.float32) for d in dims]
     Y = (RNG.random((n, n_labels)) < 0.2).astype(np.uint8)
+    write_views_file(root, views, Y, name, numbered)
+    return views, Y
+
+
+def write_views_file(root, views, Y, name, numbered=False):
+    """``<root>/multimodal/<name>``: views [N, d] as a cell array X (or fea1, fea2, ... stored [d, N]),
+    labels {-1,1} stored [L, N]."""
     labels = np.where(Y.T == 1, 1.0, -1.0)
     folder = root / "multimodal"
     folder.mkdir(parents=True, exist_ok=True)
@@ -366,7 +373,6 @@ def msrc_file(root, dims=(576, 500, 1040), n=591, n_labels=24, numbered=False, n
         for i, v in enumerate(views):
             cells[0, i] = v
         scipy.io.savemat(folder / name, {"X": cells, "Y": labels})
-    return views, Y
 
 
 @pytest.mark.parametrize("numbered", [False, True])

@@ -11,8 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.io
-from test_datasets_nus_mir_scene_mm import msrc_file
+from test_datasets_nus_mir_scene_mm import msrc_file, write_views_file
 from test_datasets_voc_coco_custom import write_coco, write_voc
 
 from bench import reproduce
@@ -42,11 +41,7 @@ def learnable_views_file(root: Path, n: int = 120, n_labels: int = 3) -> None:
     rng = np.random.default_rng(31)
     Y = (rng.random((n, n_labels)) < 0.3).astype(np.float64)
     views = [Y @ rng.normal(size=(n_labels, 6)) + rng.normal(scale=0.8, size=(n, 6)), rng.random((n, 4))]
-    cells = np.empty((1, 2), dtype=object)
-    for i, view in enumerate(views):
-        cells[0, i] = view.astype(np.float32)
-    (root / "multimodal").mkdir(parents=True)
-    scipy.io.savemat(root / "multimodal" / "views.mat", {"X": cells, "Y": np.where(Y.T == 1, 1.0, -1.0)})
+    write_views_file(root, [v.astype(np.float32) for v in views], Y, "views.mat")
 
 
 @pytest.fixture
