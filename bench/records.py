@@ -154,7 +154,7 @@ class Record:
 
     def span_ms(self) -> tuple[int | None, int | None]:
         """(start, end) of the job in epoch milliseconds, from ``finished_at`` (ISO 8601, to the
-        millisecond; records before 2026-12 hold whole seconds) and its timings."""
+        millisecond; records written before 2026-12-07 hold whole seconds) and its timings."""
         try:
             end = datetime.fromisoformat(self.finished_at).timestamp()
         except ValueError:
